@@ -1,0 +1,1 @@
+"""The `monkeyjobs` command line: one click group, subcommands grouped by what they touch."""
