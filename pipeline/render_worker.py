@@ -1,0 +1,67 @@
+"""The isolated document renderer: `python -m pipeline.render_worker MEMORY_BYTES CPU_SECONDS`.
+
+Started by `pipeline.documents` (one process per `inspect_document`/`render_pages` call), never
+by hand. It caps its own address space at its start-up footprint plus MEMORY_BYTES and its CPU
+time at CPU_SECONDS, says it is ready, then answers requests on stdin/stdout until stdin closes:
+`open` (the document bytes as payload; replies with its `info`) and `render` (one page; replies
+with width, height, dpi and the raw RGB pixels). A failure is an `error` reply with a code.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import sys
+
+from jobs.formats import DocumentError, ErrorCode
+from pipeline.documents import DocumentLimits, open_in_process, read_message, write_message
+
+
+def _limit_resources(memory_bytes: int, cpu_seconds: int) -> None:
+    with open("/proc/self/statm") as statm:
+        footprint = int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    resource.setrlimit(resource.RLIMIT_AS, (footprint + memory_bytes, footprint + memory_bytes))
+    # The soft limit sends SIGXCPU, the hard one SIGKILL a little later.
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 5))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a crash on a hostile file leaves no core dump
+
+
+def main(argv: list[str]) -> None:
+    memory_bytes, cpu_seconds = int(argv[0]), int(argv[1])
+    # The protocol gets a private copy of stdout; anything a library prints goes to stderr.
+    replies = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    requests = sys.stdin.buffer
+    _limit_resources(memory_bytes, cpu_seconds)
+    write_message(replies, {"ready": True})
+    document = None
+    while (message := read_message(requests)) is not None:
+        header, payload = message
+        try:
+            if header["op"] == "open":
+                document = open_in_process(payload, DocumentLimits(**header["limits"]))
+                info = document.info
+                reply = {
+                    "format": info.format.value,
+                    "page_count": info.page_count,
+                    "byte_size": info.byte_size,
+                }
+                write_message(replies, {"info": reply})
+            elif document is not None and header["op"] == "render":
+                page = document.render(int(header["page"]))
+                size = page.image.size
+                pixels = page.image.tobytes()
+                write_message(replies, {"width": size[0], "height": size[1], "dpi": page.dpi}, pixels)
+            else:
+                raise DocumentError(ErrorCode.INTERNAL_ERROR, f"Unexpected request {header.get('op')!r}.")
+        except DocumentError as exc:
+            write_message(replies, {"error": exc.to_dict()})
+        except MemoryError:
+            error = DocumentError(
+                ErrorCode.RENDER_MEMORY_EXCEEDED, "The page needs more memory than the renderer may use."
+            )
+            write_message(replies, {"error": error.to_dict()})
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
