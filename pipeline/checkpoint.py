@@ -77,16 +77,23 @@ def _published_tensors(directory: Path) -> Iterator[tuple[str, torch.Tensor]]:
                 yield key, f.get_tensor(key)
 
 
+# (published name fragment, this project's name fragment)
 _LLM_RENAMES = [
-    (r"^language_model\.model\.tok_embeddings\.", "language_model.model.embed_tokens."),
-    (r"^language_model\.output\.", "language_model.lm_head."),
-    (r"\.attention\.wo\.", ".self_attn.o_proj."),
-    (r"\.attention_norm\.", ".input_layernorm."),
-    (r"\.ffn_norm\.", ".post_attention_layernorm."),
-    (r"\.feed_forward\.w1\.", ".mlp.gate_proj."),
-    (r"\.feed_forward\.w3\.", ".mlp.up_proj."),
-    (r"\.feed_forward\.w2\.", ".mlp.down_proj."),
+    ("language_model.model.tok_embeddings.", "language_model.model.embed_tokens."),
+    ("language_model.output.", "language_model.lm_head."),
+    (".attention.wo.", ".self_attn.o_proj."),
+    (".attention_norm.", ".input_layernorm."),
+    (".ffn_norm.", ".post_attention_layernorm."),
+    (".feed_forward.w1.", ".mlp.gate_proj."),
+    (".feed_forward.w3.", ".mlp.up_proj."),
+    (".feed_forward.w2.", ".mlp.down_proj."),
 ]
+
+
+def _rename(key: str, to_native: bool) -> str:
+    for published, native in _LLM_RENAMES:
+        key = key.replace(published, native) if to_native else key.replace(native, published)
+    return key
 
 
 def split_wqkv(wqkv: torch.Tensor, config: TextConfig) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -109,9 +116,7 @@ def native_state_dict(directory: Path, config: MiniMonkeyConfig) -> dict[str, to
             for name, part in zip(("q_proj", "k_proj", "v_proj"), split_wqkv(tensor, config.text), strict=True):
                 state[f"{prefix}.self_attn.{name}.{kind}"] = part
             continue
-        for pattern, replacement in _LLM_RENAMES:
-            key = re.sub(pattern, replacement, key)
-        state[key] = tensor
+        state[_rename(key, to_native=True)] = tensor
     return state
 
 
@@ -130,3 +135,32 @@ def load_model(directory: Path, device: torch.device, dtype: torch.dtype) -> Min
     rotary = model.language_model.model.rotary_emb
     rotary.inv_freq = rotary._inv_freq(rotary.base)
     return model.to(device=device, dtype=dtype).eval()
+
+
+def merge_wqkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, config: TextConfig) -> torch.Tensor:
+    """The inverse of `split_wqkv`: q, k, v -> InternLM2's group-interleaved `wqkv`."""
+    groups = config.num_attention_heads // config.num_key_value_heads
+    tail = q.shape[1:]
+    q = q.reshape(config.num_key_value_heads, groups, config.head_dim, *tail)
+    k = k.reshape(config.num_key_value_heads, 1, config.head_dim, *tail)
+    v = v.reshape(config.num_key_value_heads, 1, config.head_dim, *tail)
+    return torch.cat([q, k, v], dim=1).reshape(-1, *tail)
+
+
+def published_state_dict(model: MiniMonkeyModel) -> dict[str, torch.Tensor]:
+    """This project's weights under the published names, fused `wqkv` included."""
+    config = model.config.text
+    state: dict[str, torch.Tensor] = {}
+    fused: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in model.state_dict().items():
+        if key.endswith("inv_freq"):
+            continue
+        qkv = re.match(r"^(language_model\.model\.layers\.\d+)\.self_attn\.([qkv])_proj\.(weight|bias)$", key)
+        if qkv:
+            prefix, which, kind = qkv.groups()
+            fused.setdefault(f"{prefix}.attention.wqkv.{kind}", {})[which] = tensor
+            continue
+        state[_rename(key, to_native=False)] = tensor.contiguous()
+    for key, parts in fused.items():
+        state[key] = merge_wqkv(parts["q"], parts["k"], parts["v"], config)
+    return state

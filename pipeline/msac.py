@@ -105,7 +105,7 @@ def plan_tiles(width: int, height: int, options: InferenceOptions, image_size: i
 def _scale_tiles(image: Image.Image, grid: Grid, image_size: int) -> torch.Tensor:
     """One resize of the whole page, cut row-major into (cols*rows, 3, size, size) uint8 views."""
     cols, rows = grid
-    pixels = np.asarray(image.resize((cols * image_size, rows * image_size)))
+    pixels = np.array(image.resize((cols * image_size, rows * image_size)))  # writable, for torch
     hwc = torch.from_numpy(pixels)
     return hwc.view(rows, image_size, cols, image_size, 3).permute(0, 2, 4, 1, 3).reshape(
         rows * cols, 3, image_size, image_size
