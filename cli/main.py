@@ -15,7 +15,9 @@ from cli import client, model, service, worker
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--log-level", default=lambda: os.environ.get("MONKEYJOBS_LOG_LEVEL", "INFO"), show_default="INFO")
+@click.option(
+    "--log-level", default=lambda: os.environ.get("MONKEYJOBS_LOG_LEVEL", "INFO"), show_default="INFO"
+)
 def main(log_level: str) -> None:
     """monkeyjobs: batch OCR and document QA with Mini-Monkey."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -37,7 +37,9 @@ def resolve_checkpoint(model: str) -> Path:
             raise CheckpointError(f"{path} has no config.json: not a Mini-Monkey checkpoint directory")
         return path
     if path.exists() or model.startswith((".", "/")) or model.count("/") != 1:
-        raise CheckpointError(f"model {model!r} is neither a checkpoint directory nor a hub id like {HUB_ID!r}")
+        raise CheckpointError(
+            f"model {model!r} is neither a checkpoint directory nor a hub id like {HUB_ID!r}"
+        )
     try:
         from huggingface_hub import snapshot_download
 
@@ -45,7 +47,8 @@ def resolve_checkpoint(model: str) -> Path:
     except Exception as exc:
         raise CheckpointError(
             f"could not download {model!r} from the Hugging Face hub ({type(exc).__name__}: {exc}). "
-            f"On a machine with network access run `huggingface-cli download {model} --local-dir /models/MiniMonkey`, "
+            "On a machine with network access run "
+            f"`huggingface-cli download {model} --local-dir /models/MiniMonkey`, "
             "copy that directory here and set MONKEYJOBS_MODEL (or --model) to its path."
         ) from exc
 
@@ -113,7 +116,9 @@ def native_state_dict(directory: Path, config: MiniMonkeyConfig) -> dict[str, to
         wqkv = re.match(r"^(language_model\.model\.layers\.\d+)\.attention\.wqkv\.(weight|bias)$", key)
         if wqkv:
             prefix, kind = wqkv.groups()
-            for name, part in zip(("q_proj", "k_proj", "v_proj"), split_wqkv(tensor, config.text), strict=True):
+            for name, part in zip(
+                ("q_proj", "k_proj", "v_proj"), split_wqkv(tensor, config.text), strict=True
+            ):
                 state[f"{prefix}.self_attn.{name}.{kind}"] = part
             continue
         state[_rename(key, to_native=True)] = tensor
@@ -130,7 +135,8 @@ def load_model(directory: Path, device: torch.device, dtype: torch.dtype) -> Min
     missing = [k for k in missing if not k.endswith("inv_freq")]
     if missing or unexpected:
         raise CheckpointError(
-            f"{directory}: weights do not match the configuration (missing {missing[:5]}, unexpected {unexpected[:5]})"
+            f"{directory}: weights do not match the configuration "
+            f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
         )
     rotary = model.language_model.model.rotary_emb
     rotary.inv_freq = rotary._inv_freq(rotary.base)

@@ -53,6 +53,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -190,13 +191,16 @@ def _decoding(code: ErrorCode, what: str) -> Iterator[None]:
     """Turn whatever a decoder raises on hostile input into a DocumentError about `what`."""
     try:
         with warnings.catch_warnings():
-            # Our own pixel checks give the precise error; Pillow's warning would only be noise.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # Decoders warn about what they survive (corrupt EXIF, pixel counts our own checks
+            # report precisely); nobody can act on those warnings, failures are raised below.
+            warnings.simplefilter("ignore")
             yield
     except DocumentError:
         raise
     except Image.DecompressionBombError as exc:
-        raise DocumentError(ErrorCode.DECOMPRESSION_BOMB, f"{what} was refused unread: {exc}") from None
+        raise DocumentError(
+            ErrorCode.DECOMPRESSION_BOMB, f"{what} was refused unread as a possible decompression bomb: {exc}"
+        ) from None
     except MemoryError:
         raise DocumentError(
             ErrorCode.RENDER_MEMORY_EXCEEDED, f"{what} needs more memory than the renderer may use."
@@ -229,11 +233,17 @@ class _PdfDocument:
     def __init__(self, data: bytes, limits: DocumentLimits) -> None:
         self._limits = limits
         with _decoding(ErrorCode.CORRUPT_PDF, "The PDF"):
-            try:
-                self._pdf = pdfium.PdfDocument(data)
-            except pdfium.PdfiumError as exc:
-                raise _pdf_open_error(exc) from None
+            # The raw call, because pdfium's last-error code is only fresh when loading fails:
+            # pypdfium2 reads it for a document without pages too and may report a stale error.
+            handle = pdfium_c.FPDF_LoadMemDocument64(data, len(data), None)
+            if not handle:
+                raise _pdf_open_error(pdfium_c.FPDF_GetLastError())
+            self._data = data  # pdfium reads from this buffer for as long as the document is open
+            self._pdf = pdfium.PdfDocument(handle)
             count = len(self._pdf)
+            if count == 0:
+                self._pdf.close()
+                raise DocumentError(ErrorCode.PDF_WITHOUT_PAGES, "The PDF opens but contains no pages.")
             _check_page_count(count, limits)
             # Filled-in form fields are part of what a reader sees on the page.
             self._pdf.init_forms()
@@ -258,17 +268,22 @@ class _PdfDocument:
         self._pdf.close()
 
 
-def _pdf_open_error(exc: pdfium.PdfiumError) -> DocumentError:
-    if exc.err_code in (pdfium_c.FPDF_ERR_PASSWORD, pdfium_c.FPDF_ERR_SECURITY):
+_PDFIUM_ERRORS = {
+    pdfium_c.FPDF_ERR_FILE: "file not found or could not be opened",
+    pdfium_c.FPDF_ERR_FORMAT: "not in PDF format or corrupted",
+    pdfium_c.FPDF_ERR_PAGE: "page not found or content error",
+}
+
+
+def _pdf_open_error(err_code: int) -> DocumentError:
+    if err_code in (pdfium_c.FPDF_ERR_PASSWORD, pdfium_c.FPDF_ERR_SECURITY):
         return DocumentError(
             ErrorCode.ENCRYPTED_PDF,
             "The PDF is encrypted and needs a password to open; remove the password and submit it again.",
         )
-    if exc.err_code == pdfium_c.FPDF_ERR_SUCCESS:
-        # pypdfium2 reports a document that opened but has no pages as a failed load without error.
-        return DocumentError(ErrorCode.PDF_WITHOUT_PAGES, "The PDF opens but contains no pages.")
+    reason = _PDFIUM_ERRORS.get(err_code, "unknown error")
     return DocumentError(
-        ErrorCode.CORRUPT_PDF, f"The PDF is damaged or truncated and cannot be opened ({exc})."
+        ErrorCode.CORRUPT_PDF, f"The PDF is damaged or truncated and cannot be opened (PDFium: {reason})."
     )
 
 
@@ -418,15 +433,15 @@ class _ChildTimedOut(Exception):
 class _Child:
     """One renderer process and deadline-bounded, non-blocking I/O with it (the parent's side)."""
 
-    def __init__(self, limits: DocumentLimits, requests: int) -> None:
+    def __init__(self) -> None:
+        self.command = _renderer_command()
+        self.owner_pid = os.getpid()
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed in kill(), it outlives __init__
-        # A CPU-time cap as well: a child orphaned by a killed parent cannot spin for ever.
-        cpu_seconds = math.ceil(_STARTUP_TIMEOUT_S + limits.render_timeout_s * (requests + 1))
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parents[1])
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
         self._process = subprocess.Popen(
-            [sys.executable, "-m", _WORKER_MODULE, str(limits.memory_limit_bytes), str(cpu_seconds)],
+            [sys.executable, "-m", self.command[0]],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
@@ -439,22 +454,26 @@ class _Child:
             os.set_blocking(fd, False)
             with suppress(OSError):  # bigger pipes: a page of pixels crosses in fewer wake-ups
                 fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, 1 << 20)
-        self._max_payload = limits.max_page_pixels * 3
 
-    def request(self, header: dict[str, Any], payload: bytes, timeout: float) -> tuple[dict[str, Any], bytes]:
+    def wait_ready(self) -> None:
+        self.receive(time.monotonic() + _STARTUP_TIMEOUT_S, max_payload=0)
+
+    def request(
+        self, header: dict[str, Any], payload: bytes, timeout: float, max_payload: int
+    ) -> tuple[dict[str, Any], bytes]:
         deadline = time.monotonic() + timeout
         body = json.dumps(header).encode()
         self._send(_HEADER.pack(len(body)) + body + _PAYLOAD.pack(len(payload)), deadline)
         self._send(payload, deadline)
-        return self.receive(deadline)
+        return self.receive(deadline, max_payload)
 
-    def receive(self, deadline: float) -> tuple[dict[str, Any], bytes]:
+    def receive(self, deadline: float, max_payload: int) -> tuple[dict[str, Any], bytes]:
         (size,) = _HEADER.unpack(self._receive(_HEADER.size, deadline))
         if size > _MAX_HEADER_BYTES:
             raise _ChildDied(f"sent a {size}-byte header")
         header = json.loads(self._receive(size, deadline))
         (size,) = _PAYLOAD.unpack(self._receive(_PAYLOAD.size, deadline))
-        if size > self._max_payload:
+        if size > max_payload:
             raise _ChildDied(f"sent a {size}-byte payload")
         return header, self._receive(size, deadline)
 
@@ -481,7 +500,11 @@ class _Child:
 
     @staticmethod
     def _remaining(deadline: float) -> float:
-        return max(0.0, deadline - time.monotonic())
+        # Strict: an answer that is only read after the deadline is late, even if it is waiting.
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise _ChildTimedOut
+        return remaining
 
     def kill(self) -> str:
         """Stop the process; return how it ended and the tail of what it wrote to stderr."""
@@ -510,12 +533,23 @@ class _IsolatedDocument:
         self.info = self._start("opening the document")
 
     def _start(self, doing: str) -> DocumentInfo:
-        self._child = _Child(self._limits, self._requests)
-        try:
-            self._child.receive(time.monotonic() + _STARTUP_TIMEOUT_S)  # the child's "ready"
-        except (_ChildDied, _ChildTimedOut) as exc:
-            raise self._failed("starting the renderer", exc) from None
-        reply, _ = self._call({"op": "open", "limits": asdict(self._limits)}, self._data, doing)
+        spare = _take_spare()
+        if spare is not None:
+            try:
+                spare.wait_ready()
+                self._child = spare
+            except (_ChildDied, _ChildTimedOut):  # it died while it waited: start afresh
+                spare.kill()
+        if self._child is None:
+            self._child = _Child()
+            try:
+                self._child.wait_ready()
+            except (_ChildDied, _ChildTimedOut) as exc:
+                raise self._failed("starting the renderer", exc) from None
+        # A CPU-time cap as well: a child orphaned by a killed parent cannot spin for ever.
+        cpu_seconds = math.ceil(_STARTUP_TIMEOUT_S + self._limits.render_timeout_s * (self._requests + 1))
+        header = {"op": "open", "limits": asdict(self._limits), "cpu_seconds": cpu_seconds}
+        reply, _ = self._call(header, self._data, doing)
         try:
             info = reply["info"]
             return DocumentInfo(
@@ -527,7 +561,8 @@ class _IsolatedDocument:
     def _call(self, header: dict[str, Any], payload: bytes, doing: str) -> tuple[dict[str, Any], bytes]:
         assert self._child is not None
         try:
-            reply, data = self._child.request(header, payload, self._limits.render_timeout_s)
+            max_payload = self._limits.max_page_pixels * 3
+            reply, data = self._child.request(header, payload, self._limits.render_timeout_s, max_payload)
             if "error" in reply:
                 error = DocumentError(reply["error"]["code"], str(reply["error"]["message"]))
             else:
@@ -572,3 +607,27 @@ class _IsolatedDocument:
         if self._child is not None:
             self._child.kill()
             self._child = None
+
+
+# One renderer started ahead, per process: Python start-up and imports (a few hundred ms, see
+# docs/benchmarks.md) then overlap with the work before the next document instead of adding to it.
+# Each child still serves a single document; a spare started for another module or module path
+# (tests swap them) or inherited through fork() is not used.
+_spare: _Child | None = None
+_spare_lock = threading.Lock()
+
+
+def _renderer_command() -> tuple[str, str]:
+    return _WORKER_MODULE, os.environ.get("PYTHONPATH", "")
+
+
+def _take_spare() -> _Child | None:
+    """The waiting renderer, if any, and a new one started to wait for the next document."""
+    global _spare
+    with _spare_lock:
+        taken, _spare = _spare, _Child()
+    if taken is not None and (taken.command != _renderer_command() or taken.owner_pid != os.getpid()):
+        if taken.owner_pid == os.getpid():
+            taken.kill()
+        return None
+    return taken

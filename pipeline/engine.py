@@ -100,7 +100,12 @@ class Engine:
         network.use_flash_attention = attention == "flash_attention_2"
         logger.info(
             "engine: %s on %s, dtype %s, attention %s, max %d tiles / %d tokens per batch",
-            directory, torch_device, dtype, attention, max_batch_tiles, max_batch_tokens,
+            directory,
+            torch_device,
+            dtype,
+            attention,
+            max_batch_tiles,
+            max_batch_tokens,
         )
         return cls(
             network,
@@ -127,7 +132,10 @@ class Engine:
         tiles = 0
         for item in sorted(planned, key=lambda p: len(p.input_ids), reverse=True):
             longest = len(current[0].input_ids) if current else len(item.input_ids)
-            over = tiles + item.tiles > self.max_batch_tiles or longest * (len(current) + 1) > self.max_batch_tokens
+            over = (
+                tiles + item.tiles > self.max_batch_tiles
+                or longest * (len(current) + 1) > self.max_batch_tokens
+            )
             if current and over:
                 groups.append(current)
                 current, tiles = [], 0
@@ -140,7 +148,9 @@ class Engine:
     def pixel_tiles(self, item: _Planned) -> torch.Tensor:
         """uint8 tiles of every image of the request, in prompt order."""
         size = self.config.image_size
-        return torch.cat([msac_tiles(img, plan, size) for img, plan in zip(item.request.images, item.plans, strict=True)])
+        return torch.cat(
+            [msac_tiles(img, plan, size) for img, plan in zip(item.request.images, item.plans, strict=True)]
+        )
 
     # -- running --------------------------------------------------------------------------
 
@@ -173,7 +183,9 @@ class Engine:
         detail-tiles x 256 image tokens, from its first `<IMG_CONTEXT>`, as published."""
         block_start = item.input_ids.index(self.img_context_id)
         block_len = item.plans[0].detail_tiles * self.config.num_image_token
-        return self.model.scm_keep_positions(embeds[None], block_start, block_len, item.request.options.scm_keep_ratio)
+        return self.model.scm_keep_positions(
+            embeds[None], block_start, block_len, item.request.options.scm_keep_ratio
+        )
 
     def _run_group(self, group: list[_Planned], tiles: list[Future[torch.Tensor]]) -> list[PageAnswer]:
         start = time.perf_counter()

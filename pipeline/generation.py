@@ -82,8 +82,8 @@ def generate(
     embeds = prompts[0].new_zeros(batch, longest, prompts[0].shape[-1])
     valid = torch.zeros(batch, longest + max_new, dtype=torch.bool, device=device)
     for row, prompt in enumerate(prompts):
-        embeds[row, longest - prompt.shape[0]:] = prompt
-        valid[row, longest - prompt.shape[0]:longest] = True
+        embeds[row, longest - prompt.shape[0] :] = prompt
+        valid[row, longest - prompt.shape[0] : longest] = True
     positions = torch.tensor([p.shape[0] for p in prompts], device=device)
 
     cache = KVCache(model.config.text, batch, longest + max_new, device, dtype)
@@ -119,7 +119,9 @@ def generate(
 
 def _next_tokens(logits: torch.Tensor, samplers: list[_RowSampler], tokens: list[list[int]]) -> torch.Tensor:
     """(A, V) logits -> (A,) next ids; plain greedy rows in one argmax, the others one by one."""
-    plain = [s.simple_greedy and len(t) >= s.options.min_new_tokens for s, t in zip(samplers, tokens, strict=True)]
+    plain = [
+        s.simple_greedy and len(t) >= s.options.min_new_tokens for s, t in zip(samplers, tokens, strict=True)
+    ]
     next_ids = logits.argmax(-1)
     for j, is_plain in enumerate(plain):
         if not is_plain:

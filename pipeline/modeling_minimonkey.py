@@ -172,9 +172,7 @@ class InternMLP(nn.Module):
 class InternVisionEncoderLayer(nn.Module):
     def __init__(self, config: VisionConfig) -> None:
         super().__init__()
-        norm = (
-            nn.LayerNorm if config.norm_type == "layer_norm" else RMSNorm
-        )
+        norm = nn.LayerNorm if config.norm_type == "layer_norm" else RMSNorm
         self.norm1 = norm(config.hidden_size, eps=config.layer_norm_eps)
         self.attn = InternAttention(config)
         self.norm2 = norm(config.hidden_size, eps=config.layer_norm_eps)
@@ -242,13 +240,11 @@ class RotaryEmbedding(nn.Module):
         # Same expression as the reference, so the float32 frequencies are bit-identical.
         return 1.0 / (base ** (torch.arange(0, self.dim, 2).float() / self.dim))
 
-    def forward(self, position_ids: torch.Tensor, seq_len: int, dtype: torch.dtype
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, position_ids: torch.Tensor, seq_len: int, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         inv_freq = self.inv_freq
-        if self.scaling_type == "linear":
-            position_scale = 1.0 / self.scaling_factor
-        else:
-            position_scale = 1.0
+        position_scale = 1.0 / self.scaling_factor if self.scaling_type == "linear" else 1.0
         if self.scaling_type == "dynamic" and seq_len > self.max_position_embeddings:
             ratio = self.scaling_factor * seq_len / self.max_position_embeddings - (self.scaling_factor - 1)
             inv_freq = self._inv_freq(self.base * ratio ** (self.dim / (self.dim - 2))).to(inv_freq.device)
@@ -294,7 +290,9 @@ class AttentionBatch:
 class KVCache:
     """Preallocated keys and values for every layer: (B, kv_heads, capacity, head_dim)."""
 
-    def __init__(self, config: TextConfig, batch: int, capacity: int, device: torch.device, dtype: torch.dtype):
+    def __init__(
+        self, config: TextConfig, batch: int, capacity: int, device: torch.device, dtype: torch.dtype
+    ):
         shape = (config.num_hidden_layers, batch, config.num_key_value_heads, capacity, config.head_dim)
         self.k = torch.empty(shape, device=device, dtype=dtype)
         self.v = torch.empty(shape, device=device, dtype=dtype)
@@ -302,8 +300,8 @@ class KVCache:
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         end = self.length + k.shape[2]
-        self.k[layer, :, :, self.length:end] = k
-        self.v[layer, :, :, self.length:end] = v
+        self.k[layer, :, :, self.length : end] = k
+        self.v[layer, :, :, self.length : end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
     def keep(self, rows: torch.Tensor) -> None:
@@ -324,16 +322,23 @@ class LlamaAttention(nn.Module):
         self.v_proj = nn.Linear(config.hidden_size, self.num_kv_heads * self.head_dim, bias=config.bias)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=config.bias)
 
-    def project(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def project(
+        self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b, n, _ = x.shape
         q = self.q_proj(x).view(b, n, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(b, n, self.num_kv_heads, self.head_dim).transpose(1, 2)
         return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: AttentionBatch,
-                cache: KVCache | None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        batch: AttentionBatch,
+        cache: KVCache | None,
+    ) -> torch.Tensor:
         b, n, _ = x.shape
         q, k, v = self.project(x, cos, sin)
         if cache is not None:
@@ -346,7 +351,9 @@ class LlamaAttention(nn.Module):
         return self.o_proj(out.reshape(b, n, -1))
 
     @staticmethod
-    def _flash_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def _flash_prefill(
+        q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor
+    ) -> torch.Tensor:
         """flash-attention 2 on the unpadded tokens only: no padding work, no L x L mask."""
         lengths = valid.sum(1, dtype=torch.int32)
         cu = F.pad(lengths.cumsum(0, dtype=torch.int32), (1, 0))
@@ -379,8 +386,14 @@ class LlamaDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = LlamaMLP(config)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, batch: AttentionBatch,
-                cache: KVCache | None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        batch: AttentionBatch,
+        cache: KVCache | None,
+    ) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, batch, cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
@@ -394,8 +407,13 @@ class LlamaModel(nn.Module):
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(config)
 
-    def forward(self, inputs_embeds: torch.Tensor, position_ids: torch.Tensor, batch: AttentionBatch,
-                cache: KVCache | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,
+        position_ids: torch.Tensor,
+        batch: AttentionBatch,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
         """Final-normed hidden states of the new positions (B, L, C); fills `cache` if given."""
         seq_len = batch.valid.shape[1]
         cos, sin = self.rotary_emb(position_ids, seq_len, inputs_embeds.dtype)
@@ -427,7 +445,10 @@ class MiniMonkeyModel(nn.Module):
         vit_hidden = config.vision.hidden_size * int(1 / config.downsample_ratio) ** 2
         llm_hidden = config.text.hidden_size
         self.mlp1 = nn.Sequential(
-            nn.LayerNorm(vit_hidden), nn.Linear(vit_hidden, llm_hidden), nn.GELU(), nn.Linear(llm_hidden, llm_hidden)
+            nn.LayerNorm(vit_hidden),
+            nn.Linear(vit_hidden, llm_hidden),
+            nn.GELU(),
+            nn.Linear(llm_hidden, llm_hidden),
         )
         self.language_model = LlamaForCausalLM(config.text)
         self.use_flash_attention = False
@@ -453,16 +474,23 @@ class MiniMonkeyModel(nn.Module):
         hidden = self.language_model.model(inputs_embeds, position_ids, batch, cache)
         return self.logits(hidden[:, -1])
 
-    def decode_step(self, token_ids: torch.Tensor, position_ids: torch.Tensor, valid: torch.Tensor,
-                    cache: KVCache) -> torch.Tensor:
+    def decode_step(
+        self, token_ids: torch.Tensor, position_ids: torch.Tensor, valid: torch.Tensor, cache: KVCache
+    ) -> torch.Tensor:
         """One new token per row: (B,) ids at (B,) positions -> (B, V) logits."""
         batch = AttentionBatch(valid=valid, q_len=1)
         embeds = self.embed_tokens(token_ids[:, None])
         hidden = self.language_model.model(embeds, position_ids[:, None], batch, cache)
         return self.logits(hidden[:, -1])
 
-    def scm_keep_positions(self, inputs_embeds: torch.Tensor, block_start: int, block_len: int,
-                           keep_ratio: float, attention_layer: int = 1) -> torch.Tensor:
+    def scm_keep_positions(
+        self,
+        inputs_embeds: torch.Tensor,
+        block_start: int,
+        block_len: int,
+        keep_ratio: float,
+        attention_layer: int = 1,
+    ) -> torch.Tensor:
         """SCM: the positions of one unpadded prompt (1, n, C) that the language model keeps.
 
         As published: run the decoder up to `attention_layer` on the full sequence, score each
@@ -478,7 +506,9 @@ class MiniMonkeyModel(nn.Module):
         cos, sin = lm.rotary_emb(position_ids, n, inputs_embeds.dtype)
         x = inputs_embeds
         for layer in lm.layers[:attention_layer]:
-            x = layer(x, cos, sin, AttentionBatch(valid=valid, q_len=n, use_flash=self.use_flash_attention), None)
+            x = layer(
+                x, cos, sin, AttentionBatch(valid=valid, q_len=n, use_flash=self.use_flash_attention), None
+            )
         layer = lm.layers[attention_layer]
         attn = layer.self_attn
         q, k, _ = attn.project(layer.input_layernorm(x), cos, sin)
@@ -487,7 +517,9 @@ class MiniMonkeyModel(nn.Module):
         k = k.repeat_interleave(attn.num_heads // attn.num_kv_heads, dim=1)
         scores = (q @ k.transpose(-1, -2)) / math.sqrt(attn.head_dim)
         rows = torch.arange(block_end, n, device=q.device)[:, None]
-        scores = scores.masked_fill(torch.arange(n, device=q.device)[None, :] > rows, torch.finfo(scores.dtype).min)
+        scores = scores.masked_fill(
+            torch.arange(n, device=q.device)[None, :] > rows, torch.finfo(scores.dtype).min
+        )
         probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
         received = probs[..., block_start:block_end].mean(2).mean(1)[0]
         kept = received.topk(int(block_len * keep_ratio)).indices.sort().values + block_start
@@ -495,4 +527,6 @@ class MiniMonkeyModel(nn.Module):
         # The published index arithmetic resumes at block_end + 1, so the position right after
         # the block (the `</img>` or the next image token) is dropped too. Reproduced on purpose:
         # `../shared/golden` (`reference_also_drops_position`) and its generations depend on it.
-        return torch.cat([torch.arange(block_start, device=device), kept, torch.arange(block_end + 1, n, device=device)])
+        return torch.cat(
+            [torch.arange(block_start, device=device), kept, torch.arange(block_end + 1, n, device=device)]
+        )

@@ -107,8 +107,10 @@ def _scale_tiles(image: Image.Image, grid: Grid, image_size: int) -> torch.Tenso
     cols, rows = grid
     pixels = np.array(image.resize((cols * image_size, rows * image_size)))  # writable, for torch
     hwc = torch.from_numpy(pixels)
-    return hwc.view(rows, image_size, cols, image_size, 3).permute(0, 2, 4, 1, 3).reshape(
-        rows * cols, 3, image_size, image_size
+    return (
+        hwc.view(rows, image_size, cols, image_size, 3)
+        .permute(0, 2, 4, 1, 3)
+        .reshape(rows * cols, 3, image_size, image_size)
     )
 
 
@@ -125,8 +127,9 @@ def msac_tiles(image: Image.Image, plan: TilePlan, image_size: int = 448) -> tor
     return torch.cat(scales)
 
 
-def normalize(tiles: torch.Tensor, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
-              ) -> torch.Tensor:
+def normalize(
+    tiles: torch.Tensor, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """ImageNet normalisation of a uint8 tile stack in one operation, as ToTensor + Normalize do."""
     # Moving uint8 to the device first sends a quarter of the bytes a float tensor would.
     x = tiles.to(device, non_blocking=True).float().div_(255.0)

@@ -7,7 +7,8 @@ from pipeline.tokenizer import IM_END, IMG_CONTEXT, IMG_END, IMG_START
 # The template's default system message (InternVL's internlm2-chat), used unless the
 # checkpoint's config.json carries its own `system_message`.
 INTERNLM2_CHAT_SYSTEM_MESSAGE = (
-    "你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, 是一个有用无害的人工智能助手。"
+    "你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，"
+    "英文名叫InternVL, 是一个有用无害的人工智能助手。"
 )
 IMAGE_PLACEHOLDER = "<image>"
 
@@ -38,5 +39,7 @@ def expand_images(prompt: str, tiles_per_image: list[int], tokens_per_tile: int)
             f"for {len(tiles_per_image)} images"
         )
     for tiles in tiles_per_image:
-        prompt = prompt.replace(IMAGE_PLACEHOLDER, IMG_START + IMG_CONTEXT * (tokens_per_tile * tiles) + IMG_END, 1)
+        prompt = prompt.replace(
+            IMAGE_PLACEHOLDER, IMG_START + IMG_CONTEXT * (tokens_per_tile * tiles) + IMG_END, 1
+        )
     return prompt

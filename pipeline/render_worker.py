@@ -1,10 +1,11 @@
-"""The isolated document renderer: `python -m pipeline.render_worker MEMORY_BYTES CPU_SECONDS`.
+"""The isolated document renderer: `python -m pipeline.render_worker`.
 
-Started by `pipeline.documents` (one process per `inspect_document`/`render_pages` call), never
-by hand. It caps its own address space at its start-up footprint plus MEMORY_BYTES and its CPU
-time at CPU_SECONDS, says it is ready, then answers requests on stdin/stdout until stdin closes:
-`open` (the document bytes as payload; replies with its `info`) and `render` (one page; replies
-with width, height, dpi and the raw RGB pixels). A failure is an `error` reply with a code.
+Started by `pipeline.documents` (one process per `inspect_document`/`render_pages` call, started
+ahead of need), never by hand. It imports what it needs, says it is ready, then answers requests
+on stdin/stdout until stdin closes: `open` (the document bytes as payload, the limits and a CPU
+budget in the header; it caps its address space at its footprint plus `memory_limit_bytes` and
+its CPU time, then replies with the document's `info`) and `render` (one page; replies with
+width, height, dpi and the raw RGB pixels). A failure is an `error` reply with a code.
 """
 
 from __future__ import annotations
@@ -26,20 +27,20 @@ def _limit_resources(memory_bytes: int, cpu_seconds: int) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a crash on a hostile file leaves no core dump
 
 
-def main(argv: list[str]) -> None:
-    memory_bytes, cpu_seconds = int(argv[0]), int(argv[1])
+def main() -> None:
     # The protocol gets a private copy of stdout; anything a library prints goes to stderr.
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     requests = sys.stdin.buffer
-    _limit_resources(memory_bytes, cpu_seconds)
     write_message(replies, {"ready": True})
     document = None
     while (message := read_message(requests)) is not None:
         header, payload = message
         try:
             if header["op"] == "open":
-                document = open_in_process(payload, DocumentLimits(**header["limits"]))
+                limits = DocumentLimits(**header["limits"])
+                _limit_resources(limits.memory_limit_bytes, int(header["cpu_seconds"]))
+                document = open_in_process(payload, limits)
                 info = document.info
                 reply = {
                     "format": info.format.value,
@@ -64,4 +65,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

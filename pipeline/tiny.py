@@ -20,19 +20,115 @@ from pipeline.checkpoint import published_state_dict
 from pipeline.modeling_minimonkey import MiniMonkeyConfig, MiniMonkeyModel, TextConfig, VisionConfig
 
 # Control pieces 0-2, then InternLM2's user-defined chat pieces, as in the published tokenizer.
-_USER_SYMBOLS = ["<|im_start|>", "<|im_end|>", "<|action_start|>", "<|action_end|>", "<|interpreter|>", "<|plugin|>"]
-_ADDED_TOKENS = ["<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>"]
-_CORPUS_WORDS = (
-    "read all the text in the image what is the total amount due invoice receipt date number name address "
-    "page table figure contract signed by customer order price quantity item subtotal tax paid balance "
-    "account bank payment terms from to of and for with on at by please thank you document report summary "
-    "0 1 2 3 4 5 6 7 8 9 10 20 100 2024 $ % . , : ; - / ( ) # total due date"
-).split()
+_USER_SYMBOLS = [
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|action_start|>",
+    "<|action_end|>",
+    "<|interpreter|>",
+    "<|plugin|>",
+]
+_ADDED_TOKENS = [
+    "<img>",
+    "</img>",
+    "<IMG_CONTEXT>",
+    "<quad>",
+    "</quad>",
+    "<ref>",
+    "</ref>",
+    "<box>",
+    "</box>",
+]
+_CORPUS_WORDS = [
+    "read",
+    "all",
+    "the",
+    "text",
+    "in",
+    "the",
+    "image",
+    "what",
+    "is",
+    "the",
+    "total",
+    "amount",
+    "due",
+    "invoice",
+    "receipt",
+    "date",
+    "number",
+    "name",
+    "address",
+    "page",
+    "table",
+    "figure",
+    "contract",
+    "signed",
+    "by",
+    "customer",
+    "order",
+    "price",
+    "quantity",
+    "item",
+    "subtotal",
+    "tax",
+    "paid",
+    "balance",
+    "account",
+    "bank",
+    "payment",
+    "terms",
+    "from",
+    "to",
+    "of",
+    "and",
+    "for",
+    "with",
+    "on",
+    "at",
+    "by",
+    "please",
+    "thank",
+    "you",
+    "document",
+    "report",
+    "summary",
+    "0",
+    "1",
+    "2",
+    "3",
+    "4",
+    "5",
+    "6",
+    "7",
+    "8",
+    "9",
+    "10",
+    "20",
+    "100",
+    "2024",
+    "$",
+    "%",
+    ".",
+    ",",
+    ":",
+    ";",
+    "-",
+    "/",
+    "(",
+    ")",
+    "#",
+    "total",
+    "due",
+    "date",
+]
 
 
 def tiny_config() -> MiniMonkeyConfig:
     return MiniMonkeyConfig(
-        vision=VisionConfig(hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2),
+        vision=VisionConfig(
+            hidden_size=64, intermediate_size=128, num_attention_heads=4, num_hidden_layers=2
+        ),
         text=TextConfig(
             vocab_size=0,  # set from the tokenizer
             hidden_size=64,
@@ -69,11 +165,22 @@ def _train_tokenizer(seed: int, vocab_size: int = 600) -> bytes:
 
 
 def _published_config(config: MiniMonkeyConfig) -> dict:
-    vision = {**config.vision.__dict__, "architectures": ["InternVisionModel"], "model_type": "intern_vit_6b",
-              "use_flash_attn": False}
-    text = {**config.text.__dict__, "architectures": ["InternLM2ForCausalLM"], "model_type": "internlm2",
-            "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 2, "tie_word_embeddings": False,
-            "attn_implementation": "eager"}
+    vision = {
+        **config.vision.__dict__,
+        "architectures": ["InternVisionModel"],
+        "model_type": "intern_vit_6b",
+        "use_flash_attn": False,
+    }
+    text = {
+        **config.text.__dict__,
+        "architectures": ["InternLM2ForCausalLM"],
+        "model_type": "internlm2",
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "pad_token_id": 2,
+        "tie_word_embeddings": False,
+        "attn_implementation": "eager",
+    }
     return {
         "architectures": ["MiniMonkeyChatModel"],
         "model_type": "internvl_chat",
@@ -115,11 +222,19 @@ def make_tiny_checkpoint(directory: Path, seed: int = 0) -> Path:
     pieces = spm.SentencePieceProcessor(model_proto=sp_model).get_piece_size()
     added = {token: pieces + i for i, token in enumerate(_ADDED_TOKENS)}
     (directory / "added_tokens.json").write_text(json.dumps(added, indent=2))
-    special = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "</s>", "unk_token": "<unk>",
-               "additional_special_tokens": _ADDED_TOKENS}
+    special = {
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "pad_token": "</s>",
+        "unk_token": "<unk>",
+        "additional_special_tokens": _ADDED_TOKENS,
+    }
     (directory / "special_tokens_map.json").write_text(json.dumps(special, indent=2))
     (directory / "tokenizer_config.json").write_text(
-        json.dumps({**special, "tokenizer_class": "InternLM2Tokenizer", "clean_up_tokenization_spaces": False}, indent=2)
+        json.dumps(
+            {**special, "tokenizer_class": "InternLM2Tokenizer", "clean_up_tokenization_spaces": False},
+            indent=2,
+        )
     )
 
     config = tiny_config()

@@ -29,7 +29,12 @@ class MiniMonkeyTokenizer:
         names = sorted(self.added_tokens, key=len, reverse=True)
         self._split = re.compile("(" + "|".join(map(re.escape, names)) + ")") if names else None
         self.bos_id = self.sp.bos_id()
-        self._special_ids = {*self.added_tokens.values(), self.sp.bos_id(), self.sp.eos_id(), self.sp.unk_id()}
+        self._special_ids = {
+            *self.added_tokens.values(),
+            self.sp.bos_id(),
+            self.sp.eos_id(),
+            self.sp.unk_id(),
+        }
         self._special_ids.update(i for i in range(self.sp.get_piece_size()) if self.sp.is_control(i))
 
     @property

@@ -9,7 +9,9 @@ from typing import Any
 
 import pytest
 
-GOLDEN = Path(os.environ.get("MONKEYJOBS_GOLDEN_DIR", Path(__file__).resolve().parents[3] / "shared" / "golden"))
+GOLDEN = Path(
+    os.environ.get("MONKEYJOBS_GOLDEN_DIR", Path(__file__).resolve().parents[3] / "shared" / "golden")
+)
 
 
 def golden_cases() -> list[dict[str, Any]]:

@@ -44,7 +44,9 @@ def test_golden_tiles(case: dict) -> None:
     plan = plan_tiles(*image.size, InferenceOptions())
     assert list(plan.detail_grid) == case["detail_grid"]
     assert (plan.adaptive_tiles, plan.detail_tiles, plan.tiles) == (
-        case["adaptive_tiles"], case["detail_tiles"], case["total_tiles"],
+        case["adaptive_tiles"],
+        case["detail_tiles"],
+        case["total_tiles"],
     )
     pixels = normalize(msac_tiles(image, plan))
     assert pixels.shape == (case["total_tiles"], 3, 448, 448)
@@ -107,7 +109,9 @@ def test_golden_scm_kept_positions(case: dict, golden_engine) -> None:
     planned = golden_engine.plan(request)
     with torch.inference_mode():
         features = golden_engine.image_features(golden_engine.pixel_tiles(planned))
-        kept = golden_engine.scm_positions(planned, golden_engine.prompt_embeddings(planned, features)).tolist()
+        kept = golden_engine.scm_positions(
+            planned, golden_engine.prompt_embeddings(planned, features)
+        ).tolist()
     start, length = scm["compressed_block_start"], scm["compressed_block_len"]
     assert start == case["first_image_context_position"]
     assert length == case["detail_grid"][0] * case["detail_grid"][1] * 256
@@ -118,7 +122,7 @@ def test_golden_scm_kept_positions(case: dict, golden_engine) -> None:
     # The published off-by-one: the position right after the block is dropped too.
     assert scm["reference_also_drops_position"] == start + length
     assert start + length not in kept
-    assert kept[start + len(block):] == list(range(start + length + 1, case["input_ids_len"]))
+    assert kept[start + len(block) :] == list(range(start + length + 1, case["input_ids_len"]))
 
 
 @pytest.mark.parametrize("case", CASES, ids=IDS)
@@ -144,9 +148,23 @@ def test_golden_cli_infer_json(scm: bool) -> None:
     outputs = []
     for case, image in zip(CASES, images, strict=True):
         command = [
-            sys.executable, "-m", "cli", "--log-level", "WARNING", "infer", image,
-            "--model", str(GOLDEN / "checkpoint"), "--question", case["question"],
-            "--max-new-tokens", "12", "--min-new-tokens", "12", "--json", "--scm" if scm else "--no-scm",
+            sys.executable,
+            "-m",
+            "cli",
+            "--log-level",
+            "WARNING",
+            "infer",
+            image,
+            "--model",
+            str(GOLDEN / "checkpoint"),
+            "--question",
+            case["question"],
+            "--max-new-tokens",
+            "12",
+            "--min-new-tokens",
+            "12",
+            "--json",
+            "--scm" if scm else "--no-scm",
         ]
         result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
         [line] = result.stdout.splitlines()
