@@ -44,8 +44,6 @@ def build_engine(config_name: str, device: torch.device, dtype: torch.dtype, max
     with torch.no_grad():
         for param in model.parameters():
             param.normal_(0.0, 0.02, generator=generator)
-    rotary = model.language_model.model.rotary_emb
-    rotary.inv_freq = rotary._inv_freq(rotary.base).to(device)
     model = model.to(dtype).eval()
     model.use_flash_attention = device.type == "cuda" and flash_attn_varlen_func is not None
     return Engine(model, tokenizer, max_batch_tiles=max_batch_tiles, max_batch_tokens=1 << 30)

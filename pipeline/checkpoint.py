@@ -131,15 +131,11 @@ def load_model(directory: Path, device: torch.device, dtype: torch.dtype) -> Min
         model = MiniMonkeyModel(config)
     state = native_state_dict(directory, config)
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
-    # inv_freq is a computed buffer, not a weight.
-    missing = [k for k in missing if not k.endswith("inv_freq")]
     if missing or unexpected:
         raise CheckpointError(
             f"{directory}: weights do not match the configuration "
             f"(missing {missing[:5]}, unexpected {unexpected[:5]})"
         )
-    rotary = model.language_model.model.rotary_emb
-    rotary.inv_freq = rotary._inv_freq(rotary.base)
     return model.to(device=device, dtype=dtype).eval()
 
 
@@ -159,8 +155,6 @@ def published_state_dict(model: MiniMonkeyModel) -> dict[str, torch.Tensor]:
     state: dict[str, torch.Tensor] = {}
     fused: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in model.state_dict().items():
-        if key.endswith("inv_freq"):
-            continue
         qkv = re.match(r"^(language_model\.model\.layers\.\d+)\.self_attn\.([qkv])_proj\.(weight|bias)$", key)
         if qkv:
             prefix, which, kind = qkv.groups()

@@ -224,7 +224,11 @@ def pixel_shuffle(x: torch.Tensor, scale_factor: float = 0.5, version: str = "v2
 
 
 class RotaryEmbedding(nn.Module):
-    """RoPE with InternLM2's dynamic NTK scaling (active only past max_position_embeddings)."""
+    """RoPE with InternLM2's dynamic NTK scaling (active only past max_position_embeddings).
+
+    The frequencies are computed per call in float32 on the positions' device: cheap (head_dim/2
+    values), never cast to a bf16 model's dtype, and identical to the reference's.
+    """
 
     def __init__(self, config: TextConfig) -> None:
         super().__init__()
@@ -234,20 +238,20 @@ class RotaryEmbedding(nn.Module):
         scaling = config.rope_scaling or {}
         self.scaling_type = scaling.get("type") or scaling.get("rope_type")
         self.scaling_factor = float(scaling.get("factor", 1.0))
-        self.register_buffer("inv_freq", self._inv_freq(self.base), persistent=False)
 
-    def _inv_freq(self, base: float) -> torch.Tensor:
+    def inv_freq(self, seq_len: int, device: torch.device) -> torch.Tensor:
+        base = self.base
+        if self.scaling_type == "dynamic" and seq_len > self.max_position_embeddings:
+            ratio = self.scaling_factor * seq_len / self.max_position_embeddings - (self.scaling_factor - 1)
+            base = base * ratio ** (self.dim / (self.dim - 2))
         # Same expression as the reference, so the float32 frequencies are bit-identical.
-        return 1.0 / (base ** (torch.arange(0, self.dim, 2).float() / self.dim))
+        return 1.0 / (base ** (torch.arange(0, self.dim, 2, device=device).float() / self.dim))
 
     def forward(
         self, position_ids: torch.Tensor, seq_len: int, dtype: torch.dtype
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        inv_freq = self.inv_freq
         position_scale = 1.0 / self.scaling_factor if self.scaling_type == "linear" else 1.0
-        if self.scaling_type == "dynamic" and seq_len > self.max_position_embeddings:
-            ratio = self.scaling_factor * seq_len / self.max_position_embeddings - (self.scaling_factor - 1)
-            inv_freq = self._inv_freq(self.base * ratio ** (self.dim / (self.dim - 2))).to(inv_freq.device)
+        inv_freq = self.inv_freq(seq_len, position_ids.device)
         freqs = (position_ids.float() * position_scale)[..., None] * inv_freq
         emb = torch.cat((freqs, freqs), dim=-1)
         return emb.cos().to(dtype), emb.sin().to(dtype)
