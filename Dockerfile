@@ -1,0 +1,29 @@
+# monkeyjobs: API, workers and CLI in one image. GPU workers need the NVIDIA container runtime.
+FROM nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04
+
+ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends python3.11 python3.11-venv python3-pip \
+    && rm -rf /var/lib/apt/lists/* \
+    && python3.11 -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+
+# torch first, as a CUDA build; then the package with its gpu extra (flash-attn).
+ARG TORCH_VERSION=2.5.1
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cu124
+RUN pip install --upgrade pip && pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}"
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY api ./api
+COPY cli ./cli
+COPY jobs ./jobs
+COPY migrations ./migrations
+COPY pipeline ./pipeline
+COPY workers ./workers
+RUN pip install ".[gpu]"
+
+# /weights is the gpu-worker's model volume; a named volume takes this directory's owner.
+RUN useradd --create-home monkeyjobs && mkdir /weights && chown monkeyjobs /weights
+USER monkeyjobs
+CMD ["monkeyjobs", "--help"]

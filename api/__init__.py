@@ -1,0 +1,1 @@
+"""HTTP API (FastAPI). Imports `jobs` only: never torch, `pipeline` or `workers`."""

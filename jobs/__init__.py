@@ -1,0 +1,1 @@
+"""Domain of monkeyjobs: settings, states, models, storage layout and queue names. No torch."""
