@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.activations import ACT2FN
 
 logger = logging.getLogger(__name__)
 
@@ -97,9 +98,6 @@ class MiniMonkeyConfig:
         return config
 
 
-_ACTIVATIONS = {"gelu": nn.GELU, "silu": nn.SiLU, "gelu_pytorch_tanh": lambda: nn.GELU(approximate="tanh")}
-
-
 class RMSNorm(nn.Module):
     def __init__(self, hidden_size: int, eps: float) -> None:
         super().__init__()
@@ -126,14 +124,25 @@ class InternVisionEmbeddings(nn.Module):
         self.patch_embedding = nn.Conv2d(
             config.num_channels, config.hidden_size, kernel_size=config.patch_size, stride=config.patch_size
         )
-        num_positions = (config.image_size // config.patch_size) ** 2 + 1
-        self.position_embedding = nn.Parameter(torch.zeros(1, num_positions, config.hidden_size))
+        self.grid = config.image_size // config.patch_size
+        self.position_embedding = nn.Parameter(torch.zeros(1, self.grid**2 + 1, config.hidden_size))
+
+    def _patch_positions(self, height: int, width: int) -> torch.Tensor:
+        """The patch position embeddings, bicubic-resized when tiles differ from the trained size."""
+        positions = self.position_embedding[:, 1:]
+        if (height, width) == (self.grid, self.grid):
+            return positions
+        grid = positions.float().reshape(1, self.grid, self.grid, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=(height, width), mode="bicubic", align_corners=False)
+        return grid.reshape(1, -1, height * width).permute(0, 2, 1).to(positions.dtype)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         patches = self.patch_embedding(pixel_values.to(self.patch_embedding.weight.dtype))
+        height, width = patches.shape[-2:]
         patches = patches.flatten(2).transpose(1, 2)
         cls = self.class_embedding.expand(patches.shape[0], 1, -1)
-        return torch.cat([cls, patches], dim=1) + self.position_embedding
+        positions = torch.cat([self.position_embedding[:, :1], self._patch_positions(height, width)], dim=1)
+        return torch.cat([cls, patches], dim=1) + positions
 
 
 class InternAttention(nn.Module):
@@ -162,7 +171,7 @@ class InternMLP(nn.Module):
     def __init__(self, config: VisionConfig) -> None:
         super().__init__()
         self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.act = _ACTIVATIONS[config.hidden_act]()
+        self.act = ACT2FN[config.hidden_act]
         self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -376,7 +385,7 @@ class LlamaMLP(nn.Module):
         self.gate_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.up_proj = nn.Linear(config.hidden_size, config.intermediate_size, bias=False)
         self.down_proj = nn.Linear(config.intermediate_size, config.hidden_size, bias=False)
-        self.act = _ACTIVATIONS[config.hidden_act]()
+        self.act = ACT2FN[config.hidden_act]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
