@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 
 from jobs.lifecycle import OPEN_PAGE_STATES
 from jobs.models import Document, Job, Page, Result
-from jobs.states import PageStatus
+from jobs.states import DocumentStatus, PageStatus
 
 
 def lock_jobs(session: Session, job_ids: Iterable[uuid.UUID]) -> None:
@@ -39,6 +39,31 @@ def lock_jobs(session: Session, job_ids: Iterable[uuid.UUID]) -> None:
         .order_by(Job.id)
         .with_for_update(key_share=True)  # FOR NO KEY UPDATE, as UPDATE takes
     )
+
+
+def pending_chunks(session: Session, job_id: uuid.UUID, size: int) -> list[list[int]]:
+    """The job's `pending` pages, in document then page order, cut into chunks of `size`: pages
+    of several small documents share a chunk, so the GPU batches across documents. The last,
+    partial chunk stays pending while other documents of the job are still being read (their
+    pages will fill it) and is included once none is. Call with the job row locked."""
+    ids = list(
+        session.scalars(
+            select(Page.id)
+            .join(Document, Document.id == Page.document_id)
+            .where(Page.job_id == job_id, Page.status == PageStatus.PENDING.value)
+            .order_by(Document.ordinal, Page.page_number)
+        )
+    )
+    reading = session.scalar(
+        select(func.count())
+        .select_from(Document)
+        .where(
+            Document.job_id == job_id,
+            Document.status.in_([DocumentStatus.PENDING.value, DocumentStatus.INGESTING.value]),
+        )
+    )
+    end = len(ids) - len(ids) % size if reading else len(ids)
+    return [ids[start : start + size] for start in range(0, end, size)]
 
 
 def release_own_pages(session: Session, page_ids: list[int], worker: str) -> list[int]:

@@ -36,8 +36,8 @@ footprint plus `memory_limit_bytes` (RLIMIT_AS) and whose every request has a wa
 dies fails the page with `render_crashed` (or `render_memory_exceeded` when it ran out of
 memory); the remaining pages continue in a fresh child. Pixels come back as raw RGB bytes.
 `isolated=False` decodes in the calling process instead (no memory or time bound; it sets
-Pillow's process-wide `Image.MAX_IMAGE_PIXELS`, and pdfium is not thread-safe): for tests, for
-benchmarks and for trusted files. `docs/benchmarks.md` has what isolation costs.
+Pillow's process-wide `Image.MAX_IMAGE_PIXELS` for the duration of the call, and pdfium is not
+thread-safe): for tests, for benchmarks and for trusted files. `docs/benchmarks.md` has what isolation costs.
 """
 
 from __future__ import annotations
@@ -100,8 +100,9 @@ class PageImage:
 
 def inspect_document(data: bytes, limits: DocumentLimits, *, isolated: bool = True) -> DocumentInfo:
     """Sniff, validate and count the pages of a document; raise `DocumentError` if it is unusable."""
-    document = _open(data, limits, isolated=isolated, requests=1)
-    document.close()
+    with pixel_guard(limits):
+        document = _open(data, limits, isolated=isolated, requests=1)
+        document.close()
     return document.info
 
 
@@ -109,7 +110,11 @@ def render_pages(
     data: bytes, page_numbers: Sequence[int], limits: DocumentLimits, *, isolated: bool = True
 ) -> list[PageImage | DocumentError]:
     """Render the given 1-based pages to RGB images, one result per page in the given order."""
-    document = _open(data, limits, isolated=isolated, requests=len(page_numbers) + 1)
+    with pixel_guard(limits):
+        return _render(_open(data, limits, isolated=isolated, requests=len(page_numbers) + 1), page_numbers)
+
+
+def _render(document: _Document, page_numbers: Sequence[int]) -> list[PageImage | DocumentError]:
     try:
         missing = [n for n in page_numbers if not 1 <= n <= document.info.page_count]
         if missing:
@@ -156,11 +161,21 @@ def _check_file(data: bytes, limits: DocumentLimits) -> DocumentFormat:
     return check_format(data[:SNIFF_BYTES])
 
 
+@contextmanager
+def pixel_guard(limits: DocumentLimits) -> Iterator[None]:
+    """Pillow's decompression-bomb guard at our cap while a call decodes (it warns above the limit
+    and raises above twice it). The setting is process-wide, so it is restored afterwards."""
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = limits.max_page_pixels
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+
+
 def open_in_process(data: bytes, limits: DocumentLimits, fmt: DocumentFormat | None = None) -> _Document:
     """Open a document for rendering in this process (the isolated renderer's own entry point)."""
     fmt = fmt or _check_file(data, limits)
-    # Pillow's guard checks every image it opens; it warns above the limit and raises above twice it.
-    Image.MAX_IMAGE_PIXELS = limits.max_page_pixels
     if fmt is DocumentFormat.PDF:
         return _PdfDocument(data, limits)
     return _RasterDocument(data, fmt, limits)

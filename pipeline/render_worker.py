@@ -14,6 +14,8 @@ import os
 import resource
 import sys
 
+from PIL import Image
+
 from jobs.formats import DocumentError, ErrorCode
 from pipeline.documents import DocumentLimits, open_in_process, read_message, write_message
 
@@ -40,6 +42,8 @@ def main() -> None:
             if header["op"] == "open":
                 limits = DocumentLimits(**header["limits"])
                 _limit_resources(limits.memory_limit_bytes, int(header["cpu_seconds"]))
+                # This process decodes one document: Pillow's guard can stay at its cap.
+                Image.MAX_IMAGE_PIXELS = limits.max_page_pixels
                 document = open_in_process(payload, limits)
                 info = document.info
                 reply = {

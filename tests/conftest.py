@@ -57,14 +57,16 @@ def wait_http(url: str, timeout_s: float, process: subprocess.Popen[bytes] | Non
     raise TimeoutError(f"{url} did not answer within {timeout_s}s")
 
 
-@pytest.fixture(scope="session")
-def database_url() -> Iterator[str]:
+@contextlib.contextmanager
+def fresh_database(prefix: str = "monkeyjobs_test") -> Iterator[str]:
+    """A new database on the local Postgres, migrated to head; dropped (connections and all) on
+    exit. Yields its SQLAlchemy URL. Also used by bench/load.py for a stack of its own."""
     import psycopg
     from alembic import command
 
     from migrations import alembic_config
 
-    name = f"monkeyjobs_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    name = f"{prefix}_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     url = PG_ADMIN_URL.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://") + f"/{name}"
@@ -81,8 +83,10 @@ def database_url() -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
+@contextlib.contextmanager
+def claimed_redis_db() -> Iterator[str]:
+    """A Redis database number no other session holds, emptied at start and on exit. Yields
+    its URL."""
     import redis
 
     for number in range(1, 16):
@@ -90,7 +94,7 @@ def redis_url() -> Iterator[str]:
         if client.set(REDIS_CLAIM_KEY, os.getpid(), nx=True, ex=6 * 3600):
             break
     else:
-        pytest.fail("no free Redis database (1..15) for this test session")
+        raise RuntimeError("no free Redis database (1..15) for this session")
     for key in client.scan_iter():
         if key != REDIS_CLAIM_KEY.encode():
             client.delete(key)
@@ -99,6 +103,18 @@ def redis_url() -> Iterator[str]:
     finally:
         client.flushdb()
         client.close()
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    with fresh_database() as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    with claimed_redis_db() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

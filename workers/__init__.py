@@ -1,0 +1,1 @@
+"""Celery workers: the app and its reliability settings, ingest, GPU inference, webhooks, reconciler."""
