@@ -74,7 +74,8 @@ def infer(
 ) -> None:
     """Answer a question about (or read) each page of IMAGES (any supported format), batched together."""
     from jobs.formats import DocumentError
-    from pipeline.documents import DocumentLimits, inspect_document, render_pages
+    from jobs.settings import get_settings
+    from pipeline.documents import inspect_document, render_pages
     from pipeline.engine import Engine
     from pipeline.requests import OCR_QUESTION, InferenceOptions, PageRequest
 
@@ -98,7 +99,10 @@ def infer(
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
 
-    limits = DocumentLimits()
+    # The service's limits (MONKEYJOBS_* settings), so a file gets the verdict a job would give it.
+    from workers.inputs import document_limits
+
+    limits = document_limits(get_settings())
     pages: list[tuple[Path, int]] = []
     requests: list[PageRequest] = []
     failed = 0

@@ -70,11 +70,17 @@ class Settings(BaseSettings):
         40_000_000,
         ge=1,
         description="Most pixels of one rendered page; larger PDF pages are rendered at a lower DPI, "
-        "larger images fail with `page_too_large`.",
+        "larger images fail with `page_over_pixel_cap`.",
     )
     pdf_dpi: int = Field(200, ge=36, le=1200, description="Resolution at which PDF pages are rendered.")
     render_timeout_s: float = Field(
         60.0, gt=0, description="Longest time decoding or rendering one page may take before it fails."
+    )
+    render_memory_bytes: int = Field(
+        2 * 1024**3,
+        ge=64 * 1024**2,
+        description="Memory the isolated renderer of one document may add to its start-up footprint; "
+        "a page that needs more fails with `render_memory_exceeded`.",
     )
     max_questions: int = Field(32, ge=1, description="Most questions in one `qa` job.")
     max_question_chars: int = Field(2000, ge=1, description="Longest question, in characters.")

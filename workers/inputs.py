@@ -19,6 +19,7 @@ def document_limits(settings: Settings) -> DocumentLimits:
         max_page_pixels=settings.max_page_pixels,
         pdf_dpi=settings.pdf_dpi,
         render_timeout_s=settings.render_timeout_s,
+        memory_limit_bytes=settings.render_memory_bytes,
     )
 
 
