@@ -242,12 +242,16 @@ def heartbeat(session: Session, page_ids: Sequence[int], worker: str, lease_s: f
 def complete_page(
     session: Session, page_id: int, results: Sequence[ResultRow], seconds: float | None = None
 ) -> Outcome:
-    """Store a page's answers (a second write of the same answer is ignored by the unique key)
-    and end the page as done, bumping the document and job counters once."""
+    """End a page as done and store its answers, bumping the document and job counters once.
+
+    The page is ended first, by a conditional UPDATE: a page that already ended (a duplicate
+    delivery) or was cancelled meanwhile gets no answer rows; the unique key on
+    (page_id, question_index) makes a second write impossible all the same."""
     page = session.get(Page, page_id)
     if page is None:
         raise LookupError(f"no page {page_id}")
-    if results:
+    outcome = _end_page(session, page_id, PageStatus.DONE, seconds=seconds)
+    if outcome.changed and results:
         session.execute(
             insert(Result)
             .values(
@@ -272,7 +276,7 @@ def complete_page(
             )
             .on_conflict_do_nothing(index_elements=["page_id", "question_index"])
         )
-    return _end_page(session, page_id, PageStatus.DONE, seconds=seconds)
+    return outcome
 
 
 def fail_page(session: Session, page_id: int, code: str, message: str) -> Outcome:

@@ -74,3 +74,18 @@ def test_exhausted_pages_are_failed_and_cancel_stops_pending_work(service_env: d
         job = session.get_one(Job, job_id)
         assert (job.status, job.pages_failed) == ("cancelled", 1)
         assert session.get_one(Document, document).status == "cancelled"
+
+
+def test_a_late_answer_for_a_cancelled_page_is_not_stored(service_env: dict[str, str]) -> None:
+    """A worker whose lease ran out (its page went back to the queue, then the job was
+    cancelled) finishes late: the page stays cancelled and no answer row appears."""
+    job_id, (document,) = make_job(1)
+    with session_scope() as session:
+        lc.begin_ingest(session, document)
+        (page,) = lc.add_pages(session, document, [1], lease_s=60)
+        assert lc.cancel_job(session, job_id)
+    with session_scope() as session:
+        assert not lc.complete_page(session, page, [answer()]).changed
+    with session_scope() as session:
+        assert session.query(Result).filter(Result.job_id == job_id).count() == 0
+        assert session.get_one(Job, job_id).pages_done == 0
