@@ -83,17 +83,16 @@ class TcpGate:
 
     While down, every connection is reset as soon as it is made (and open ones are reset when it
     goes down), which is what clients of a dead S3 node behind a load balancer see; `resets`
-    counts them, so a test can show that the outage was met. The server behind the gate keeps
-    its state: moto keeps objects only in memory, and restarting it would lose the bucket,
-    which is data loss, not the outage under test."""
+    counts the connections refused while down, so a test can show that the outage was met. The
+    server behind the gate keeps its state: moto keeps objects only in memory, and restarting
+    it would lose the bucket, which is data loss, not the outage under test."""
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
         self.resets = 0
-        self._up = threading.Event()
-        self._up.set()
+        self._up = True
         self._live: set[socket.socket] = set()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # `_up` and `_live` change together
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True).start()
@@ -103,21 +102,19 @@ class TcpGate:
         return f"http://127.0.0.1:{self.port}"
 
     def down(self) -> None:
-        self._up.clear()
         with self._lock:
+            self._up = False
             live, self._live = self._live, set()
         for sock in live:
             _reset(sock)
 
     def up(self) -> None:
-        self._up.set()
+        with self._lock:
+            self._up = True
 
     def close(self) -> None:
         self.down()
-        # shutdown() wakes the thread blocked in accept(); close() alone does not on Linux.
-        with contextlib.suppress(OSError):
-            self._listener.shutdown(socket.SHUT_RDWR)
-        self._listener.close()
+        _reset(self._listener)  # shutdown() wakes the thread blocked in accept()
 
     def _accept(self) -> None:
         while True:
@@ -125,18 +122,25 @@ class TcpGate:
                 client, _ = self._listener.accept()
             except OSError:
                 return  # closed
-            if not self._up.is_set():
-                self.resets += 1
-                _reset(client)
-                continue
             try:
-                upstream = socket.create_connection(self.target, timeout=5)
+                upstream: socket.socket | None = socket.create_connection(self.target, timeout=5)
             except OSError:
-                _reset(client)
-                continue
-            upstream.settimeout(None)
+                upstream = None
             with self._lock:
-                self._live.update((client, upstream))
+                # Decided under the lock: a connection made just as the gate goes down is
+                # reset like the others, never left to carry traffic through the outage.
+                admitted = self._up and upstream is not None
+                if admitted:
+                    self._live.update((client, upstream))
+                elif not self._up:
+                    self.resets += 1
+            if not admitted:
+                for sock in (client, upstream):
+                    if sock is not None:
+                        _reset(sock)
+                continue
+            assert upstream is not None
+            upstream.settimeout(None)
             for source, sink in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
 
@@ -148,13 +152,15 @@ class TcpGate:
         with self._lock:
             self._live.difference_update((source, sink))
         for sock in (source, sink):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
+            _reset(sock)
 
 
 def _reset(sock: socket.socket) -> None:
-    """Close with RST (linger 0), as the kernel of a dead server answers its peers."""
+    """Abort a connection: shutdown() first, since close() alone neither wakes another thread
+    blocked in recv() on it nor sends anything while that thread holds it; then close with
+    linger 0, which sends RST as the kernel of a dead server answers its peers."""
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
     sock.close()

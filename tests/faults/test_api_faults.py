@@ -18,11 +18,8 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from tests.e2e.conftest import workers
 from tests.faults.harness import assert_exactly_once, wait_until
 from tests.stack import EXAMPLES, wait_for
-
-__all__ = ["workers"]  # the e2e module fixture: one ingest and one gpu worker for this module
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(240)]
 
@@ -63,9 +60,10 @@ def job_count() -> int:
         return int(session.scalar(select(func.count()).select_from(Job)) or 0)
 
 
+@pytest.mark.usefixtures("workers")
 @pytest.mark.parametrize("moment", ["mid-upload", "after-commit"])
 def test_api_killed_during_submission(
-    moment: str, start_api: Callable[..., Any], workers: Any, settings: Any, s3: Any
+    moment: str, start_api: Callable[..., Any], settings: Any, s3: Any
 ) -> None:
     first = start_api()
     idempotency_key = f"fault-{uuid.uuid4()}"

@@ -50,10 +50,10 @@ def pool_process(worker: WorkerProcess) -> int:
 
 
 def test_page_that_kills_its_worker_is_quarantined(
-    api_server: Any, start_worker: Callable[..., WorkerProcess], settings: Any, s3: Any
+    api_server: Any, start_test_worker: Callable[..., WorkerProcess], settings: Any, s3: Any
 ) -> None:
-    ingest = start_worker("ingest")
-    gpu = start_worker("gpu", MONKEYJOBS_MAX_PAGE_ATTEMPTS=str(MAX_ATTEMPTS))
+    start_test_worker("ingest")
+    gpu = start_test_worker("gpu", MONKEYJOBS_MAX_PAGE_ATTEMPTS=str(MAX_ATTEMPTS))
     job_id = str(
         submit(
             api_server,
@@ -84,5 +84,3 @@ def test_page_that_kills_its_worker_is_quarantined(
     lines = read_jsonl(s3, settings.s3_bucket, document["result"])
     assert [(line["page"], line["answer"] is None) for line in lines] == [(1, False), (KILLER_PAGE, True)]
     assert lines[1]["error"]["code"] == "attempts_exhausted"
-    for worker in (ingest, gpu):
-        worker.stop()

@@ -34,14 +34,15 @@ def s3_gate(s3_endpoint: str) -> Iterator[TcpGate]:
 
 def test_s3_down_for_ten_seconds(
     start_api: Callable[..., Any],
-    start_worker: Callable[..., WorkerProcess],
+    start_test_worker: Callable[..., WorkerProcess],
     s3_gate: TcpGate,
     settings: Any,
     s3: Any,
 ) -> None:
     through_gate = {"MONKEYJOBS_S3_ENDPOINT_URL": s3_gate.url}
     api = start_api(**through_gate)
-    workers = [start_worker("ingest", **through_gate), start_worker("gpu", **through_gate)]
+    start_test_worker("ingest", **through_gate)
+    start_test_worker("gpu", **through_gate)
     job_id = submit_job(api)
     wait_until(lambda: page_counts(job_id).get("done", 0) >= 1, 90, "a page is answered")
 
@@ -51,5 +52,3 @@ def test_s3_down_for_ten_seconds(
     assert s3_gate.resets > 0, "nobody called S3 while it was down: the test would prove nothing"
 
     assert_exactly_once(wait_for(api, job_id, timeout_s=150), settings, s3)
-    for worker in workers:
-        worker.stop()

@@ -1,6 +1,7 @@
 """Nothing lost, nothing twice: jobs complete with exactly one answer per page when a gpu worker
 is SIGKILLed mid-chunk, when Redis loses every message, when the database drops the workers'
-connections, and a SIGTERMed worker finishes its chunk before it exits.
+connections, and when a gpu worker is SIGTERMed (it finishes its chunk before it exits; SIGTERM
+to its whole process group kills the pool process mid-chunk and the chunk comes back).
 
 Each test starts its own ingest and gpu worker processes (tests/stack.py: 10 s page lease,
 reconciler every second) against the session's Postgres, Redis and S3, runs the 8-page job of
@@ -10,7 +11,7 @@ tests/faults/harness.py, and is bounded in time.
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -22,16 +23,6 @@ from tests.stack import WorkerProcess, wait_for
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(240)]
 
 
-@pytest.fixture
-def workers(start_worker: Callable[..., WorkerProcess]) -> Iterator[list[WorkerProcess]]:
-    """An ingest and a gpu worker for one test (a test may append more); all stopped after it,
-    so that the next test's workers are the only ones on the queues."""
-    started = [start_worker("ingest"), start_worker("gpu")]
-    yield started
-    for worker in started:
-        worker.stop()
-
-
 def job_under_way(api: Any) -> str:
     """Submit the 8-page job and return once a page is answered (the rest still to do)."""
     job_id = submit_job(api)
@@ -41,7 +32,7 @@ def job_under_way(api: Any) -> str:
 
 def test_gpu_worker_killed_mid_chunk(
     api_server: Any,
-    start_worker: Callable[..., WorkerProcess],
+    start_test_worker: Callable[..., WorkerProcess],
     workers: list[WorkerProcess],
     settings: Any,
     s3: Any,
@@ -55,7 +46,7 @@ def test_gpu_worker_killed_mid_chunk(
         "the first worker answered a page and holds the next chunk",
     )
     first.stop(signal.SIGKILL)
-    workers.append(start_worker("gpu"))
+    start_test_worker("gpu")
 
     assert_exactly_once(wait_for(api_server, job_id, timeout_s=150), settings, s3)
 
@@ -100,7 +91,7 @@ def test_database_drops_the_workers_connections(
 
 def test_sigterm_finishes_the_chunk_then_exits(
     api_server: Any,
-    start_worker: Callable[..., WorkerProcess],
+    start_test_worker: Callable[..., WorkerProcess],
     workers: list[WorkerProcess],
     settings: Any,
     s3: Any,
@@ -116,5 +107,27 @@ def test_sigterm_finishes_the_chunk_then_exits(
     assert counts.get("done", 0) > done_before
     assert "Warm shutdown" in gpu.log()
 
-    workers.append(start_worker("gpu"))
+    start_test_worker("gpu")
+    assert_exactly_once(wait_for(api_server, job_id, timeout_s=150), settings, s3)
+
+
+def test_sigterm_to_the_whole_process_group(
+    api_server: Any,
+    start_test_worker: Callable[..., WorkerProcess],
+    workers: list[WorkerProcess],
+    settings: Any,
+    s3: Any,
+) -> None:
+    """SIGTERM to the main and the pool process at once (`kill -TERM -<pgid>`, systemd's
+    control-group stop): the pool process may die with its chunk unfinished; the worker must
+    still exit in time, and the chunk must come back (handed back or found by its lease)."""
+    gpu = workers[1]
+    job_id = submit_job(api_server)
+    wait_until(lambda: page_counts(job_id).get("running", 0) >= 1, 90, "a chunk is running")
+
+    # It exits by itself (a negative status would be the SIGKILL `stop` sends after 60 s).
+    assert gpu.stop(signal.SIGTERM, group=True, timeout_s=60) >= 0
+    assert "Warm shutdown" in gpu.log()
+
+    start_test_worker("gpu")
     assert_exactly_once(wait_for(api_server, job_id, timeout_s=150), settings, s3)
