@@ -7,6 +7,9 @@ the engine gives for the same rendered pages.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -178,7 +181,9 @@ def test_qa_job_answers_every_question(
     assert [(line["page"], line["question_index"]) for line in lines] == [(1, 0), (1, 1)]
 
 
-def test_good_and_bad_documents_end_partial(api_server: Any, workers: Any, settings: Any, s3: Any) -> None:
+def test_good_and_bad_documents_end_partial(
+    api_server: Any, workers: Any, settings: Any, s3: Any, tiny_model: Path, tmp_path: Path
+) -> None:
     pdf = (EXAMPLES / "invoice.pdf").read_bytes()
     files = [
         ("receipt.png", (EXAMPLES / "receipt.png").read_bytes()),
@@ -204,6 +209,30 @@ def test_good_and_bad_documents_end_partial(api_server: Any, workers: Any, setti
         "truncated.pdf": "corrupt_pdf",
         "photo.png": "corrupt_image",
     }
+    # The same files one by one through `monkeyjobs infer` get the same verdicts.
+    for name, data in files:
+        (tmp_path / name).write_bytes(data)
+        command = [
+            sys.executable,
+            "-m",
+            "cli",
+            "--log-level",
+            "WARNING",
+            "infer",
+            str(tmp_path / name),
+            "--model",
+            str(tiny_model),
+            "--max-new-tokens",
+            "2",
+            "--detail-max-tiles",
+            "4",
+            "--json",
+        ]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        [line] = result.stdout.splitlines()
+        verdict = json.loads(line).get("error", {}).get("code")
+        assert verdict == (by_name[name]["error"] or {}).get("code"), (name, line)
+        assert result.returncode == (0 if verdict is None else 1)
 
 
 def test_cancel_stops_the_job(api_server: Any, workers: Any, settings: Any, s3: Any) -> None:
