@@ -1,5 +1,6 @@
 # monkeyjobs: API, workers and CLI in one image. GPU workers need the NVIDIA container runtime.
-FROM nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04
+# devel, not runtime: flash-attn compiles against CUDA when no prebuilt wheel matches.
+FROM nvidia/cuda:12.4.1-cudnn-devel-ubuntu22.04
 
 ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PYTHONUNBUFFERED=1
 RUN apt-get update \
@@ -21,7 +22,10 @@ COPY jobs ./jobs
 COPY migrations ./migrations
 COPY pipeline ./pipeline
 COPY workers ./workers
-RUN pip install ".[gpu]"
+# flash-attn's build imports torch, so it cannot build in pip's isolated environment.
+RUN pip install packaging ninja wheel \
+    && pip install "flash-attn>=2.6" --no-build-isolation \
+    && pip install ".[gpu]"
 
 # /weights is the gpu-worker's model volume; a named volume takes this directory's owner.
 RUN useradd --create-home monkeyjobs && mkdir /weights && chown monkeyjobs /weights
