@@ -13,16 +13,15 @@ script checks that before timing. Prints the median time per page and, last, the
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import torch
 from PIL import Image
 
 from bench.pages import a4_page
+from bench.timing import median_ms
 from pipeline.msac import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -79,16 +78,6 @@ def ours(path: Path) -> torch.Tensor:
     return normalize(msac_tiles(image, plan_tiles(*image.size, InferenceOptions())))
 
 
-def median_ms(function: Callable[[Path], torch.Tensor], path: Path, repeats: int) -> float:
-    function(path)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function(path)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
@@ -104,7 +93,8 @@ def main() -> None:
             reference, mine = published(path), ours(path)
             diff = (reference - mine).abs().max().item()
             assert reference.shape == mine.shape and diff < 1e-4, f"{path.name}: pixels differ by {diff}"
-            slow, fast = median_ms(published, path, args.repeats), median_ms(ours, path, args.repeats)
+            slow = median_ms(partial(published, path), args.repeats)
+            fast = median_ms(partial(ours, path), args.repeats)
             total_published += slow
             total_ours += fast
             size = "x".join(map(str, Image.open(path).size))

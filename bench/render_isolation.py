@@ -1,6 +1,6 @@
 """What rendering documents in an isolated child process costs, against rendering in-process.
 
-    python bench/render_isolation.py [--repeat N]
+    python -m bench.render_isolation [--repeat N]
 
 Documents, made here: an A4 PDF whose page holds a scanned-looking image (rendered at 200 DPI
 to 1654x2339) and a 1654x2339 PNG. For each: one page per call (the child's start-up paid
@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import io
 import platform
-import statistics
-import time
 from collections.abc import Callable
 
 import pypdfium2 as pdfium
 from PIL import Image, ImageDraw
 
+from bench.timing import median_ms
 from pipeline.documents import DocumentLimits, inspect_document, render_pages
 
 A4_POINTS = (595.2756, 841.8898)
@@ -50,17 +49,6 @@ def pdf_of(image: Image.Image, pages: int) -> bytes:
     buffer = io.BytesIO()
     document.save(buffer)
     return buffer.getvalue()
-
-
-def median_ms(call: Callable[[bool], object], isolated: bool, repeat: int, pause: float = 0.0) -> float:
-    call(isolated)  # warm caches and imports
-    times = []
-    for _ in range(repeat):
-        time.sleep(pause)  # not timed: the spare renderer starts meanwhile
-        started = time.perf_counter()
-        call(isolated)
-        times.append(time.perf_counter() - started)
-    return statistics.median(times) * 1000
 
 
 def main() -> None:
@@ -95,9 +83,10 @@ def main() -> None:
                 )
             )
         for label, call in calls:
-            local = median_ms(call, False, args.repeat)
-            ready = median_ms(call, True, args.repeat, pause=0.6)
-            cold = median_ms(call, True, args.repeat)
+            local = median_ms(lambda call=call: call(False), args.repeat)
+            # The pause (untimed) lets the spare renderer finish starting, as work between documents does.
+            ready = median_ms(lambda call=call: call(True), args.repeat, pause_s=0.6)
+            cold = median_ms(lambda call=call: call(True), args.repeat)
             print(f"| {name} | {label} | {local:.1f} | {ready:.1f} | {cold:.1f} |")
 
 

@@ -171,12 +171,13 @@ class Engine:
         """uint8 tiles (T, 3, 448, 448) -> image tokens (T, 256, C) in the model's dtype."""
         return self.model.extract_feature(normalize(tiles, self.device, self.dtype))
 
-    def prompt_embeddings(self, item: _Planned, features: torch.Tensor) -> torch.Tensor:
-        """(n, C) input embeddings: token embeddings with the image tokens put in place."""
+    def prompt_embeddings(self, item: _Planned, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n, C) input embeddings with the image tokens put in place, and the (n,) image-token mask."""
         ids = torch.tensor(item.input_ids, device=self.device)
+        is_image = ids == self.img_context_id
         embeds = self.model.embed_tokens(ids)
-        embeds[ids == self.img_context_id] = features.reshape(-1, features.shape[-1]).to(embeds.dtype)
-        return embeds
+        embeds[is_image] = features.reshape(-1, features.shape[-1]).to(embeds.dtype)
+        return embeds, is_image
 
     def scm_positions(self, item: _Planned, embeds: torch.Tensor) -> torch.Tensor:
         """Kept positions of one prompt. The compressed block is the first image's first
@@ -194,8 +195,7 @@ class Engine:
         prompts = []
         image_tokens = []
         for item, feats in zip(group, features, strict=True):
-            embeds = self.prompt_embeddings(item, feats)
-            is_image = torch.tensor(item.input_ids, device=self.device) == self.img_context_id
+            embeds, is_image = self.prompt_embeddings(item, feats)
             if item.request.options.scm:
                 kept = self.scm_positions(item, embeds)
                 embeds, is_image = embeds[kept], is_image[kept]

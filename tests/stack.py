@@ -165,3 +165,10 @@ def wait_for_manifest(s3: Any, bucket: str, job_id: str, timeout_s: float = 30) 
         except s3.exceptions.NoSuchKey:
             assert time.monotonic() < deadline, "no manifest"
             time.sleep(0.3)
+
+
+def run_infer(*args: str, timeout_s: float = 300) -> tuple[int, list[dict[str, Any]]]:
+    """`monkeyjobs infer ARGS --json` in a child process: its exit code and its JSON lines."""
+    command = [sys.executable, "-m", "cli", "--log-level", "WARNING", "infer", *args, "--json"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+    return result.returncode, [json.loads(line) for line in result.stdout.splitlines()]

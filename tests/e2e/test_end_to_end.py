@@ -7,9 +7,6 @@ the engine gives for the same rendered pages.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -22,7 +19,16 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from tests.stack import EXAMPLES, get_job, manifest, read_jsonl, submit, wait_for, wait_for_manifest
+from tests.stack import (
+    EXAMPLES,
+    get_job,
+    manifest,
+    read_jsonl,
+    run_infer,
+    submit,
+    wait_for,
+    wait_for_manifest,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -212,13 +218,7 @@ def test_good_and_bad_documents_end_partial(
     # The same files one by one through `monkeyjobs infer` get the same verdicts.
     for name, data in files:
         (tmp_path / name).write_bytes(data)
-        command = [
-            sys.executable,
-            "-m",
-            "cli",
-            "--log-level",
-            "WARNING",
-            "infer",
+        code, [line] = run_infer(
             str(tmp_path / name),
             "--model",
             str(tiny_model),
@@ -226,13 +226,10 @@ def test_good_and_bad_documents_end_partial(
             "2",
             "--detail-max-tiles",
             "4",
-            "--json",
-        ]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=120)
-        [line] = result.stdout.splitlines()
-        verdict = json.loads(line).get("error", {}).get("code")
+        )
+        verdict = line.get("error", {}).get("code")
         assert verdict == (by_name[name]["error"] or {}).get("code"), (name, line)
-        assert result.returncode == (0 if verdict is None else 1)
+        assert code == (0 if verdict is None else 1)
 
 
 def test_cancel_stops_the_job(api_server: Any, workers: Any, settings: Any, s3: Any) -> None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -16,6 +14,7 @@ from pipeline.msac import msac_tiles, normalize, plan_tiles
 from pipeline.prompt import INTERNLM2_CHAT_SYSTEM_MESSAGE, chat_prompt
 from pipeline.requests import InferenceOptions, PageRequest
 from tests.pipeline.conftest import GOLDEN, golden_cases
+from tests.stack import run_infer
 
 CASES = golden_cases()
 IDS = [c["image"] for c in CASES]
@@ -81,7 +80,7 @@ def test_golden_vision_features_and_last_logits(case: dict, golden_engine) -> No
         assert torch.allclose(features[0, 0, :8], torch.tensor(case["vit_embeds_first_row"]), atol=1e-3)
         assert torch.allclose(features[-1, -1, :8], torch.tensor(case["vit_embeds_last_row"]), atol=1e-3)
 
-        embeds = golden_engine.prompt_embeddings(planned, features)
+        embeds, _ = golden_engine.prompt_embeddings(planned, features)
         from pipeline.modeling_minimonkey import KVCache
 
         n = embeds.shape[0]
@@ -109,9 +108,8 @@ def test_golden_scm_kept_positions(case: dict, golden_engine) -> None:
     planned = golden_engine.plan(request)
     with torch.inference_mode():
         features = golden_engine.image_features(golden_engine.pixel_tiles(planned))
-        kept = golden_engine.scm_positions(
-            planned, golden_engine.prompt_embeddings(planned, features)
-        ).tolist()
+        embeds, _ = golden_engine.prompt_embeddings(planned, features)
+        kept = golden_engine.scm_positions(planned, embeds).tolist()
     start, length = scm["compressed_block_start"], scm["compressed_block_len"]
     assert start == case["first_image_context_position"]
     assert length == case["detail_grid"][0] * case["detail_grid"][1] * 256
@@ -144,17 +142,10 @@ def test_golden_checkpoint_round_trips_to_the_published_layout() -> None:
 
 @pytest.mark.parametrize("scm", [False, True], ids=["scm-off", "scm-on"])
 def test_golden_cli_infer_json(scm: bool) -> None:
-    images = [str(GOLDEN / c["image"]) for c in CASES]
     outputs = []
-    for case, image in zip(CASES, images, strict=True):
-        command = [
-            sys.executable,
-            "-m",
-            "cli",
-            "--log-level",
-            "WARNING",
-            "infer",
-            image,
+    for case in CASES:
+        code, [line] = run_infer(
+            str(GOLDEN / case["image"]),
             "--model",
             str(GOLDEN / "checkpoint"),
             "--question",
@@ -163,12 +154,10 @@ def test_golden_cli_infer_json(scm: bool) -> None:
             "12",
             "--min-new-tokens",
             "12",
-            "--json",
             "--scm" if scm else "--no-scm",
-        ]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
-        [line] = result.stdout.splitlines()
-        outputs.append(json.loads(line))
+        )
+        assert code == 0
+        outputs.append(line)
     for case, out in zip(CASES, outputs, strict=True):
         expected = case["scm"]["new_token_ids"] if scm else case["new_token_ids"]
         assert out["token_ids"] == expected
