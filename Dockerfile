@@ -28,6 +28,15 @@ RUN pip install packaging ninja wheel \
     && pip install ".[gpu]"
 
 # /weights is the gpu-worker's model volume; a named volume takes this directory's owner.
-RUN useradd --create-home monkeyjobs && mkdir /weights && chown monkeyjobs /weights
+# numba compiles the pre-processing loops (pipeline.resample, pipeline.png) on first use and caches
+# them; compiling here spares every new worker container those seconds on its first page.
+ENV NUMBA_CACHE_DIR=/opt/numba-cache
+RUN useradd --create-home monkeyjobs && mkdir /weights /opt/numba-cache \
+    && chown monkeyjobs /weights /opt/numba-cache
 USER monkeyjobs
+RUN python -c "import io, numpy as np; from PIL import Image; \
+from pipeline.png import decode_png; from pipeline.msac import msac_tiles, normalize, plan_tiles; \
+from pipeline.requests import InferenceOptions; out = io.BytesIO(); \
+Image.new('RGB', (500, 600)).save(out, 'PNG'); page = decode_png(out.getvalue()); \
+normalize(msac_tiles(page, plan_tiles(500, 600, InferenceOptions())))"
 CMD ["monkeyjobs", "--help"]

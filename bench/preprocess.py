@@ -3,9 +3,11 @@
 The published way (re-implemented below with plain PIL and torch, as `load_image` and
 `load_image2` of the Mini-Monkey demo do it): open and convert the page twice, resize it for the
 detail scale and for the adaptive scale, make a thumbnail for each, crop every tile, and run
-ToTensor + Normalize tile by tile. Ours: decode once, one resize per scale, tiles as views of
-the resized pages, one normalisation for the whole stack. Both must give the same pixels; the
-script checks that before timing. Prints the median time per page and, last, the speed ratio.
+ToTensor + Normalize tile by tile. Ours is the service's own path: `pipeline.documents` decodes
+once (PNG through libdeflate, `pipeline.png`), `pipeline.resample` resizes each scale once with
+Pillow's arithmetic straight into its tiles, and one table lookup normalises the stack. Both must
+give the same pixels; the script checks that before timing. Prints the median time per page and,
+last, the speed ratio.
 
     python -m bench.preprocess [--repeats 15]
 """
@@ -22,6 +24,7 @@ from PIL import Image
 
 from bench.pages import a4_page
 from bench.timing import median_ms
+from pipeline.documents import DocumentLimits, PageImage, render_pages
 from pipeline.msac import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -29,6 +32,7 @@ from pipeline.msac import (
     find_closest_aspect_ratio,
     msac_tiles,
     normalize,
+    page_size,
     plan_tiles,
 )
 from pipeline.requests import InferenceOptions
@@ -73,9 +77,10 @@ def published(path: Path) -> torch.Tensor:
 
 
 def ours(path: Path) -> torch.Tensor:
-    image = Image.open(path)
-    image = image if image.mode == "RGB" else image.convert("RGB")
-    return normalize(msac_tiles(image, plan_tiles(*image.size, InferenceOptions())))
+    """What a GPU worker does with a page, in process: decode, plan, tile, normalise."""
+    (page,) = render_pages(path.read_bytes(), [1], DocumentLimits(), isolated=False)
+    assert isinstance(page, PageImage), page
+    return normalize(msac_tiles(page.pixels, plan_tiles(*page_size(page.pixels), InferenceOptions())))
 
 
 def main() -> None:

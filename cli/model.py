@@ -122,7 +122,7 @@ def infer(
                 continue
             pages.append((path, page.page_number))
             requests.append(
-                PageRequest(images=[page.image], question=question or OCR_QUESTION, options=options)
+                PageRequest(images=[page.pixels], question=question or OCR_QUESTION, options=options)
             )
 
     if requests:

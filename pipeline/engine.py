@@ -19,7 +19,7 @@ import torch
 from pipeline.checkpoint import load_model, resolve_checkpoint
 from pipeline.generation import generate
 from pipeline.modeling_minimonkey import MiniMonkeyModel, flash_attn_varlen_func
-from pipeline.msac import TilePlan, msac_tiles, normalize, plan_tiles
+from pipeline.msac import TilePlan, msac_tiles, normalize, page_size, plan_tiles
 from pipeline.prompt import INTERNLM2_CHAT_SYSTEM_MESSAGE, chat_prompt, expand_images
 from pipeline.requests import PageAnswer, PageRequest
 from pipeline.tokenizer import IM_END, IMG_CONTEXT, MiniMonkeyTokenizer
@@ -120,7 +120,8 @@ class Engine:
     def plan(self, request: PageRequest, index: int = 0) -> _Planned:
         if not request.images:
             raise ValueError("a request needs at least one image")
-        plans = [plan_tiles(*image.size, request.options, self.config.image_size) for image in request.images]
+        size = self.config.image_size
+        plans = [plan_tiles(*page_size(image), request.options, size) for image in request.images]
         prompt = chat_prompt(request.question, self.system_message, len(request.images))
         prompt = expand_images(prompt, [p.tiles for p in plans], self.config.num_image_token)
         return _Planned(index, request, plans, self.tokenizer.encode(prompt))

@@ -3,8 +3,8 @@
 The grid choice reproduces the published `dynamic_preprocess` / `dynamic_preprocess2` exactly
 (`../shared/golden/msac_grids.json` pins it down). The pixels are the published ones too (PIL's
 default bicubic resize, ImageNet normalisation) but computed with less work: the page is decoded
-once, each scale is resized once, tiles are views into the resized page, and the whole stack is
-normalised in one tensor operation, on the device that will consume it.
+once, each scale is resized once by `pipeline.resample` (Pillow's arithmetic, vectorised) straight
+into its tiles, and the stack is normalised in one pass, on the device that will consume it.
 """
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from numba import njit
 from PIL import Image
 
 from pipeline.requests import InferenceOptions
+from pipeline.resample import Resampler
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -42,6 +44,12 @@ class TilePlan:
     @property
     def tiles(self) -> int:
         return self.adaptive_tiles + self.detail_tiles + int(self.thumbnail)
+
+    @property
+    def scales(self) -> list[Grid]:
+        """The grids to resize to, in tile order (the thumbnail is a 1x1 grid)."""
+        grids = [] if self.adaptive_grid is None else [self.adaptive_grid]
+        return [*grids, self.detail_grid, *([(1, 1)] if self.thumbnail else [])]
 
 
 def candidate_grids(min_num: int, max_num: int) -> list[Grid]:
@@ -102,37 +110,62 @@ def plan_tiles(width: int, height: int, options: InferenceOptions, image_size: i
     return TilePlan(detail_grid=detail, adaptive_grid=adaptive, thumbnail=crops > 1)
 
 
-def _scale_tiles(image: Image.Image, grid: Grid, image_size: int) -> torch.Tensor:
-    """One resize of the whole page, cut row-major into (cols*rows, 3, size, size) uint8 views."""
-    cols, rows = grid
-    pixels = np.array(image.resize((cols * image_size, rows * image_size)))  # writable, for torch
-    hwc = torch.from_numpy(pixels)
-    return (
-        hwc.view(rows, image_size, cols, image_size, 3)
-        .permute(0, 2, 4, 1, 3)
-        .reshape(rows * cols, 3, image_size, image_size)
-    )
+def page_size(image: Image.Image | np.ndarray) -> tuple[int, int]:
+    """(width, height) of a PIL image or of (h, w, 3) pixels."""
+    return image.size if isinstance(image, Image.Image) else (image.shape[1], image.shape[0])
 
 
-def msac_tiles(image: Image.Image, plan: TilePlan, image_size: int = 448) -> torch.Tensor:
-    """uint8 tiles (T, 3, size, size): adaptive crops, detail crops, then the global thumbnail."""
-    if image.mode != "RGB":
-        image = image.convert("RGB")
-    scales = []
-    if plan.adaptive_grid is not None:
-        scales.append(_scale_tiles(image, plan.adaptive_grid, image_size))
-    scales.append(_scale_tiles(image, plan.detail_grid, image_size))
-    if plan.thumbnail:
-        scales.append(_scale_tiles(image, (1, 1), image_size))
-    return torch.cat(scales)
+def msac_tiles(image: Image.Image | np.ndarray, plan: TilePlan, image_size: int = 448) -> torch.Tensor:
+    """uint8 tiles (T, 3, size, size): adaptive crops, detail crops, then the global thumbnail.
+
+    `image` is a PIL image or (h, w, 3) uint8 RGB pixels. Each scale is resized once, straight
+    into its tiles; the result is channels-last in memory (a view, no copy), which `normalize`
+    and the vision encoder's patch convolution both read as they are.
+    """
+    if isinstance(image, Image.Image):
+        image = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+    resampler = Resampler(image)
+    tiles = np.empty((plan.tiles, image_size, image_size, 3), np.uint8)
+    first = 0
+    for grid in plan.scales:
+        resampler.resize_into(grid, tiles, first)
+        first += grid[0] * grid[1]
+    return torch.from_numpy(tiles).permute(0, 3, 1, 2)
+
+
+def _normalize_ops(pixels: torch.Tensor) -> torch.Tensor:
+    """ToTensor + Normalize on uint8 (..., 3, h, w): the published arithmetic, op for op."""
+    mean = torch.tensor(IMAGENET_MEAN, device=pixels.device).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=pixels.device).view(3, 1, 1)
+    return pixels.float().div_(255.0).sub_(mean).div_(std)
+
+
+# Those ops on each of the 256 values a channel can hold: a lookup in this table gives the very
+# same floats in one pass over the pixels (the ops take four).
+_TABLE = _normalize_ops(torch.arange(256, dtype=torch.uint8).expand(3, 1, 256)).reshape(3, 256).numpy()
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def _lookup_planar(hwc, table, out):
+    """(T, h, w, 3) uint8 -> (T, 3, h, w) float32 through the per-channel table."""
+    for t in range(hwc.shape[0]):
+        for i in range(hwc.shape[1]):
+            for j in range(hwc.shape[2]):
+                for c in range(3):
+                    out[t, c, i, j] = table[c, hwc[t, i, j, c]]
 
 
 def normalize(
     tiles: torch.Tensor, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
-    """ImageNet normalisation of a uint8 tile stack in one operation, as ToTensor + Normalize do."""
-    # Moving uint8 to the device first sends a quarter of the bytes a float tensor would.
-    x = tiles.to(device, non_blocking=True).float().div_(255.0)
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    return x.sub_(mean).div_(std).to(dtype)
+    """ImageNet normalisation of a uint8 tile stack (T, 3, h, w), as ToTensor + Normalize do."""
+    device = torch.device(device)
+    if device.type != "cpu":
+        # uint8 crosses to the device: a quarter of the bytes a float tensor would send.
+        return _normalize_ops(tiles.to(device, non_blocking=True)).to(dtype)
+    hwc = tiles.permute(0, 2, 3, 1).contiguous()  # no copy for msac_tiles' channels-last stacks
+    # numpy's allocator keeps freed memory for the next page; torch's hands large blocks back to
+    # the OS, and faulting them in again costs several times the lookup (docs/benchmarks.md).
+    out = np.empty(tiles.shape, np.float32)
+    _lookup_planar(hwc.numpy(), _TABLE, out)
+    return torch.from_numpy(out).to(dtype)

@@ -1,11 +1,12 @@
 """The isolated document renderer: `python -m pipeline.render_worker`.
 
 Started by `pipeline.documents` (one process per `inspect_document`/`render_pages` call, started
-ahead of need), never by hand. It imports what it needs, says it is ready, then answers requests
-on stdin/stdout until stdin closes: `open` (the document bytes as payload, the limits and a CPU
-budget in the header; it caps its address space at its footprint plus `memory_limit_bytes` and
-its CPU time, then replies with the document's `info`) and `render` (one page; replies with
-width, height, dpi and the raw RGB pixels). A failure is an `error` reply with a code.
+ahead of need), never by hand. It imports what it needs, compiles the PNG decoder's loop (or
+loads it from numba's cache), says it is ready, then answers requests on stdin/stdout until stdin
+closes: `open` (the document bytes as payload, the limits and a CPU budget in the header; it caps
+its address space at its footprint plus `memory_limit_bytes` and its CPU time, then replies with
+the document's `info`) and `render` (one page; replies with width, height, dpi and the raw RGB
+pixels). A failure is an `error` reply with a code.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from PIL import Image
 
 from jobs.formats import DocumentError, ErrorCode
 from pipeline.documents import DocumentLimits, open_in_process, read_message, write_message
+from pipeline.png import compile_decoder
 
 
 def _limit_resources(memory_bytes: int, cpu_seconds: int) -> None:
@@ -34,6 +36,7 @@ def main() -> None:
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     requests = sys.stdin.buffer
+    compile_decoder()  # under the start-up bound, not a page's render timeout
     write_message(replies, {"ready": True})
     document = None
     while (message := read_message(requests)) is not None:
@@ -54,9 +57,9 @@ def main() -> None:
                 write_message(replies, {"info": reply})
             elif document is not None and header["op"] == "render":
                 page = document.render(int(header["page"]))
-                size = page.image.size
-                pixels = page.image.tobytes()
-                write_message(replies, {"width": size[0], "height": size[1], "dpi": page.dpi}, pixels)
+                height, width = page.pixels.shape[:2]
+                pixels = page.pixels.tobytes()
+                write_message(replies, {"width": width, "height": height, "dpi": page.dpi}, pixels)
             else:
                 raise DocumentError(ErrorCode.INTERNAL_ERROR, f"Unexpected request {header.get('op')!r}.")
         except DocumentError as exc:

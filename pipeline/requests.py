@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 from PIL import Image
 
 OCR_QUESTION = "Read all the text in the image."
@@ -49,7 +50,7 @@ class InferenceOptions:
 class PageRequest:
     """One prompt: the page image(s) and the question about them."""
 
-    images: list[Image.Image]
+    images: list[Image.Image | np.ndarray]  # PIL images or (h, w, 3) uint8 RGB pixels
     question: str = OCR_QUESTION
     options: InferenceOptions = field(default_factory=InferenceOptions)
 

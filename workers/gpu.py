@@ -207,7 +207,7 @@ def _run(
             if isinstance(image, DocumentError):
                 failures.append((page.id, image))
             else:
-                rendered.append((page, image.image))
+                rendered.append((page, image.pixels))
 
     requests: list[PageRequest] = []
     owners: list[tuple[Page, int, str]] = []

@@ -79,7 +79,7 @@ def engine_answers(
         for page in render_pages(data, list(range(1, count + 1)), limits):
             for index, question in enumerate(questions):
                 keys.append((name, page.page_number, index))
-                requests.append(PageRequest(images=[page.image], question=question, options=inference))
+                requests.append(PageRequest(images=[page.pixels], question=question, options=inference))
     return {key: answer.text for key, answer in zip(keys, engine.run(requests), strict=True)}
 
 
