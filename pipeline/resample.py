@@ -24,7 +24,7 @@ equality with Pillow over random sizes; the speed is measured by `bench/preproce
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit
@@ -35,9 +35,11 @@ _BICUBIC_A = -0.5  # Pillow's bicubic (PyTorch's uses -0.75)
 _BICUBIC_SUPPORT = 2.0
 
 
-@dataclass(frozen=True)
-class Weights:
-    """One pass's windows: output line m sums `count[m]` input lines from `start[m]`."""
+class Weights(NamedTuple):
+    """One pass's windows: output line m sums `count[m]` input lines from `start[m]`.
+
+    A tuple, so `*weights` hands the three arrays to a kernel in its argument order.
+    """
 
     start: np.ndarray  # int64 (out,)
     count: np.ndarray  # int64 (out,)
@@ -68,10 +70,6 @@ def bicubic_weights(in_size: int, out_size: int) -> Weights:
     scaled = w * (1 << PRECISION_BITS)
     fixed = np.trunc(np.where(w < 0, scaled - 0.5, scaled + 0.5)).astype(np.int32)
     return Weights(start, count, fixed)
-
-
-def _arrays(weights: Weights) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    return weights.start, weights.count, weights.fixed
 
 
 def horizontal_first(width: int, height: int, out_width: int, out_height: int) -> bool:
@@ -191,18 +189,18 @@ class Resampler:
         w, h = self.width, self.height
 
         def last_pass(src: np.ndarray, weights: Weights, lines_are_columns: bool) -> None:
-            _pass_into_tiles(src, *_arrays(weights), flat, first_tile, cols, lines_are_columns)
+            _pass_into_tiles(src, *weights, flat, first_tile, cols, lines_are_columns)
 
         along_w, along_h = bicubic_weights(w, out_w), bicubic_weights(h, out_h)
         rows = self.pixels.reshape(h, w * 3)
         if out_w != w and out_h != h:
             if horizontal_first(w, h, out_w, out_h):
                 between = np.empty((h, out_w, 3), np.uint8)
-                _pass_transposed(self._columns_as_lines(), *_arrays(along_w), between)
+                _pass_transposed(self._columns_as_lines(), *along_w, between)
                 last_pass(between.reshape(h, out_w * 3), along_h, lines_are_columns=False)
             else:
                 between = np.empty((w, out_h, 3), np.uint8)
-                _pass_transposed(rows, *_arrays(along_h), between)
+                _pass_transposed(rows, *along_h, between)
                 last_pass(between.reshape(w, out_h * 3), along_w, lines_are_columns=True)
         elif out_w != w:
             last_pass(self._columns_as_lines(), along_w, lines_are_columns=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -46,8 +47,8 @@ def _png(
     pixels: np.ndarray,
     kinds: list[int] | None = None,
     *,
-    before: list[bytes] = (),
-    after: list[bytes] = (),
+    before: Sequence[bytes] = (),
+    after: Sequence[bytes] = (),
     idat_parts: int = 1,
     ihdr: tuple[int, int, int, int, int] | None = None,
 ) -> bytes:
@@ -128,7 +129,7 @@ OFF_THE_FAST_PATH = {
     "grey-alpha": _saved(Image.fromarray(RGB).convert("LA")),
     "16-bit": _saved(Image.fromarray(RGB[..., 0].astype(np.uint16) * 257)),
     "1-bit": _saved(Image.fromarray(RGB).convert("1")),
-    "transparent colour": _png(RGB, after=[], before=[_chunk(b"tRNS", bytes(6))]),
+    "transparent colour": _png(RGB, before=[_chunk(b"tRNS", bytes(6))]),
     "exif orientation": _saved(Image.fromarray(RGB), exif=_rotated()),
     "exif in text": _png(RGB, before=[_chunk(b"zTXt", b"Raw profile type exif\0\0" + zlib.compress(b"x"))]),
     "xmp": _png(RGB, before=[_chunk(b"iTXt", b"XML:com.adobe.xmp\0\0\0\0\0<x/>")]),
